@@ -1,0 +1,41 @@
+# lightning-sparse-mtl: `make train` (default job) and `make test` (the suite) work on a fresh clone.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+TORCH_SPEC ?= torch>=2.3 torchvision>=0.18
+PYTEST_ARGS ?=
+
+.PHONY: help install train test test-slow lint format bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_SPEC)
+	$(PIP) install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the package with dev extras
+
+train: $(STAMP)  ## the default job: train + test on the embedded digits dataset (ARGS="lambda=1e-4 ...")
+	$(PY) -m lightning_sparse_mtl.train $(ARGS)
+
+test: $(STAMP)  ## the default test suite (slow tests excluded)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-slow: $(STAMP)  ## the slow tests only
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+lint: $(STAMP)  ## ruff lint + format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)  ## ruff fix + format
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:  ## remove outputs and caches (not the venv)
+	rm -rf outputs multirun .pytest_cache .ruff_cache

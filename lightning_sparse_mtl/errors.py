@@ -1,0 +1,27 @@
+"""User-facing errors: one line, non-zero exit, no traceback wall."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class UserError(Exception):
+    """A mistake in the user's input (config, data, checkpoint) that the message explains how to fix."""
+
+
+def unknown_name(kind: str, name: object, valid: Iterable[str]) -> UserError:
+    """Error for an unknown name, listing the valid ones."""
+    return UserError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(valid))}")
+
+
+def exit_on_user_error(fn: Callable[[], T]) -> T:
+    """Run ``fn``; a :class:`UserError` becomes ``error: <message>`` on stderr and exit status 2."""
+    try:
+        return fn()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)

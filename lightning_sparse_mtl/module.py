@@ -1,0 +1,137 @@
+"""SparseMTLModule: one encoder pass, weighted task losses, and the group-sparsity method around the optimizer step."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from lightning_sparse_mtl.models.net import MultiTaskNet
+from lightning_sparse_mtl.sparsity.controller import GroupSparsity, validate_sparsity_weight
+from lightning_sparse_mtl.sparsity.groups import find_conv_groups
+from lightning_sparse_mtl.tasks import build_tasks
+from lightning_sparse_mtl.weighting import build_weighting
+
+STAGES = ("val", "test")
+
+
+def plain_config(cfg: Mapping | DictConfig) -> dict:
+    """A resolved, plain-dict copy of a config (what checkpoints store)."""
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return OmegaConf.to_container(OmegaConf.create(dict(cfg)), resolve=True)  # type: ignore[return-value]
+
+
+def build_net(cfg: Mapping) -> MultiTaskNet:
+    """The MultiTaskNet described by a (plain) train config."""
+    data = cfg["data"]
+    tasks = build_tasks(cfg["tasks"], data.get("num_classes"), data.get("attributes") or ())
+    return MultiTaskNet(tasks, **cfg["model"])
+
+
+class SparseMTLModule(L.LightningModule):
+    """Multi-task training with channel-wise l1/l2 group sparsity on the shared encoder.
+
+    ``cfg`` is the whole train config (kept in the checkpoint, so ``load_from_checkpoint(path)`` rebuilds
+    the exact model). Batches are dicts ``{"image": (B,3,H,W), <task>: target}``.
+    """
+
+    def __init__(self, cfg: Mapping | DictConfig) -> None:
+        super().__init__()
+        cfg = plain_config(cfg)
+        self.save_hyperparameters({"cfg": cfg})
+        self.cfg = cfg
+        self.sparsity_weight = validate_sparsity_weight(cfg["lambda"])
+        self.net = build_net(cfg)
+        self.task_names = list(self.net.tasks)
+        weighting = dict(cfg.get("weighting") or {"name": "fixed"})
+        self.weighting = build_weighting(weighting.pop("name"), self.task_names, cfg.get("task_weights"), **weighting)
+        sp = dict(cfg.get("sparsity") or {})
+        target = sp.pop("module", "encoder")
+        groups = find_conv_groups(
+            self.net.get_submodule(target), sp.pop("exclude_image_conv", True), sp.pop("exclude", ()), f"net.{target}."
+        )
+        self.sparsity = GroupSparsity(groups, self.sparsity_weight, **sp)
+        self.metrics = nn.ModuleDict(
+            {s: nn.ModuleDict({t: spec.make_metric() for t, spec in self.net.tasks.items()}) for s in STAGES}
+        )
+        self._loss_sums: dict[str, float] = {}
+        self._loss_count = 0
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.net(image)
+
+    def task_losses(
+        self, out: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        return {t: self.net.tasks[t].loss(out[t], batch[t]) for t in self.task_names}
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        losses = self.task_losses(self.net(batch["image"]), batch)
+        loss = self.weighting(losses)
+        bs = batch["image"].shape[0]
+        self.log_dict({f"train/{t}/loss": v.detach() for t, v in losses.items()}, batch_size=bs)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
+        for t, v in losses.items():
+            self._loss_sums[t] = self._loss_sums.get(t, 0.0) + float(v.detach())
+        self._loss_count += 1
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The penalty lambda*Omega enters here as its exact gradient (grads are unscaled and accumulated by now)."""
+        lam = self.sparsity.weight_at(self.current_epoch)
+        if lam > 0 and self.sparsity.penalty_in_loss:
+            self.log("train/sparsity_penalty", self.sparsity.add_penalty_grad_(lam))
+
+    def on_train_epoch_end(self) -> None:
+        if self._loss_count:
+            self.weighting.on_epoch_end({t: s / self._loss_count for t, s in self._loss_sums.items()})
+        self._loss_sums, self._loss_count = {}, 0
+        for t, w in self.weighting.current_weights().items():
+            self.log(f"train/{t}/weight", w)
+
+    def _eval_step(self, batch: Mapping[str, torch.Tensor], stage: str) -> None:
+        out = self.net(batch["image"])
+        loss = self.weighting(self.task_losses(out, batch))
+        self.log(f"{stage}/loss", loss, batch_size=batch["image"].shape[0], sync_dist=True)
+        for t in self.task_names:
+            self.metrics[stage][t].update(out[t], batch[t])
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _log_metrics(self, stage: str) -> None:
+        for t, metric in self.metrics[stage].items():
+            for k, v in metric.compute().items():
+                self.log(f"{stage}/{t}/{k}", v, prog_bar=stage == "val" and k in ("miou", "abs_err", "mean"))
+            metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def configure_optimizers(self) -> Any:
+        optimizer = instantiate(self.cfg["optimizer"], params=self.parameters())
+        if not self.cfg.get("scheduler"):
+            return optimizer
+        sched = dict(self.cfg["scheduler"])
+        interval = sched.pop("interval", "epoch")
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": instantiate(sched, optimizer=optimizer), "interval": interval},
+        }
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        from lightning_sparse_mtl.callbacks import ChannelZeroing, SparsityLogger
+
+        return [ChannelZeroing(), SparsityLogger()] if self.sparsity.active else [SparsityLogger()]

@@ -1,0 +1,85 @@
+"""Train, test and (when lambda > 0) prune: ``python -m lightning_sparse_mtl.train [overrides]``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from lightning_sparse_mtl.errors import UserError, exit_on_user_error
+from lightning_sparse_mtl.module import SparseMTLModule, plain_config
+from lightning_sparse_mtl.results import print_results, write_results
+from lightning_sparse_mtl.sparsity.controller import validate_sparsity_weight
+from lightning_sparse_mtl.sparsity.stats import sparsity_stats
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    """The Hydra run directory (or the current directory outside Hydra)."""
+    return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir))
+
+
+def test_checkpoint(trainer: L.Trainer, which: str) -> str | None:
+    """Absolute path of the checkpoint to test (``last`` or ``best``), None if nothing was saved."""
+    ckpt_cb = trainer.checkpoint_callback
+    if ckpt_cb is None:
+        return None
+    if which not in ("last", "best"):
+        raise UserError(f"test_ckpt must be 'last' or 'best', got {which!r}")
+    path = ckpt_cb.last_model_path if which == "last" else ckpt_cb.best_model_path
+    return str(Path(path).resolve()) if path else None
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit, test, write ``results.json`` in the run directory; returns the results dict."""
+    validate_sparsity_weight(cfg.get("lambda"))
+    run_dir = run_dir_of(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    start = time.perf_counter()
+    datamodule = instantiate(cfg.data)
+    module = SparseMTLModule(cfg)
+    trainer = build_trainer(cfg, run_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    ckpt_path = test_checkpoint(trainer, cfg.get("test_ckpt", "last"))
+    test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0]
+    stats = sparsity_stats(module.sparsity.groups)
+    results = {
+        **{k: float(v) for k, v in sorted(test_metrics.items()) if k.startswith("test/") and k != "test/loss"},
+        "sparsity/group_sparsity": stats["group_sparsity"],
+        "sparsity/weight_sparsity": stats["weight_sparsity"],
+        "params": sum(p.numel() for p in module.net.parameters()),
+        "wall_time_s": time.perf_counter() - start,
+        "lambda": module.sparsity_weight,
+        "seed": cfg.seed,
+        "ckpt_path": ckpt_path,
+        "run_dir": str(run_dir.resolve()),
+        "sparsity": stats,
+        "config": plain_config(cfg),
+    }
+    if trainer.is_global_zero:
+        write_results(run_dir / "results.json", results)
+        print_results(results, title=f"results ({run_dir})")
+    return results
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    results = exit_on_user_error(lambda: train(cfg))
+    key = cfg.get("optimized_metric")
+    return results.get(key) if key else None
+
+
+if __name__ == "__main__":
+    main()
