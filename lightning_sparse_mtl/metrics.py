@@ -83,7 +83,7 @@ class NormalMetrics(Metric):
     """Angular error (degrees) of surface normals over valid pixels (non-zero target).
 
     ``update(pred (B,3,H,W), target (B,3,H,W))``; predictions are L2-normalised here. ``mean`` and
-    the ``within_*`` fractions are exact; ``median`` comes from a 0.01-degree histogram (linear
+    the ``within_*`` fractions are exact; ``median`` (the lower middle value, as ``torch.median``) comes from a 0.01-degree histogram (linear
     interpolation inside the bin), which keeps the state a sum.
     """
 

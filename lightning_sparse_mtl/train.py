@@ -48,8 +48,8 @@ def train(cfg: DictConfig) -> dict:
     run_dir = run_dir_of(cfg)
     L.seed_everything(cfg.seed, workers=True)
     start = time.perf_counter()
+    module = SparseMTLModule(cfg)  # validates tasks, encoder, heads, sparsity before any data work
     datamodule = instantiate(cfg.data)
-    module = SparseMTLModule(cfg)
     trainer = build_trainer(cfg, run_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     ckpt_path = test_checkpoint(trainer, cfg.get("test_ckpt", "last"))

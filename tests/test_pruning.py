@@ -21,7 +21,9 @@ SIZE = 64
 
 
 def _head(c_in: int, c_out: int, hidden: int = 16) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, hidden, 3, padding=1), nn.BatchNorm2d(hidden), nn.ReLU(), nn.Conv2d(hidden, c_out, 1))
+    return nn.Sequential(
+        nn.Conv2d(c_in, hidden, 3, padding=1), nn.BatchNorm2d(hidden), nn.ReLU(), nn.Conv2d(hidden, c_out, 1)
+    )
 
 
 class TinyMTL(nn.Module):
@@ -55,7 +57,10 @@ class TinyMTL(nn.Module):
             g = self.fuse(fused)
         else:
             g = f
-        out = {t: F.interpolate(h(g), size=x.shape[-2:], mode="bilinear", align_corners=False) for t, h in self.heads.items()}
+        out = {
+            t: F.interpolate(h(g), size=x.shape[-2:], mode="bilinear", align_corners=False)
+            for t, h in self.heads.items()
+        }
         if self.cls is not None:
             out["attr"] = self.cls(torch.flatten(F.adaptive_avg_pool2d(f, 1), 1))
         return out
