@@ -13,6 +13,10 @@ class UserError(Exception):
     """A mistake in the user's input (config, data, checkpoint) that the message explains how to fix."""
 
 
+class NonFiniteLossError(UserError):
+    """A loss term or the penalty became NaN/Inf during training."""
+
+
 def unknown_name(kind: str, name: object, valid: Iterable[str]) -> UserError:
     """Error for an unknown name, listing the valid ones."""
     return UserError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(valid))}")

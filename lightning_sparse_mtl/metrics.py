@@ -83,8 +83,8 @@ class NormalMetrics(Metric):
     """Angular error (degrees) of surface normals over valid pixels (non-zero target).
 
     ``update(pred (B,3,H,W), target (B,3,H,W))``; predictions are L2-normalised here. ``mean`` and
-    the ``within_*`` fractions are exact; ``median`` (the lower middle value, as ``torch.median``) comes from a 0.01-degree histogram (linear
-    interpolation inside the bin), which keeps the state a sum.
+    the ``within_*`` fractions are exact; ``median`` (the lower middle value, as ``torch.median``) comes
+    from a 0.01-degree histogram (linear interpolation inside the bin), which keeps the state a sum.
     """
 
     full_state_update = False

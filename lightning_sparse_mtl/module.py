@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import math
+import random
 from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import Container, DictConfig, OmegaConf
 from torch import nn
 
+from lightning_sparse_mtl.errors import NonFiniteLossError
 from lightning_sparse_mtl.models.net import MultiTaskNet
 from lightning_sparse_mtl.sparsity.controller import GroupSparsity, validate_sparsity_weight
 from lightning_sparse_mtl.sparsity.groups import find_conv_groups
@@ -20,11 +24,31 @@ from lightning_sparse_mtl.weighting import build_weighting
 STAGES = ("val", "test")
 
 
-def plain_config(cfg: Mapping | DictConfig) -> dict:
-    """A resolved, plain-dict copy of a config (what checkpoints store)."""
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    return OmegaConf.to_container(OmegaConf.create(dict(cfg)), resolve=True)  # type: ignore[return-value]
+# The parts of the train config that define the model and its training (what checkpoints store).
+MODULE_KEYS = (
+    "lambda",
+    "seed",
+    "tasks",
+    "task_weights",
+    "data",
+    "model",
+    "sparsity",
+    "weighting",
+    "optimizer",
+    "scheduler",
+)
+
+
+def plain_config(cfg: Mapping | DictConfig, keys: tuple[str, ...] | None = None) -> dict:
+    """A resolved, plain-dict copy of ``cfg`` (only ``keys`` when given; the ``hydra`` node is dropped)."""
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(dict(cfg))
+    out = {}
+    for key in keys or list(cfg.keys()):
+        if key in cfg and key != "hydra":
+            node = cfg._get_node(key)
+            out[key] = OmegaConf.to_container(node, resolve=True) if isinstance(node, Container) else cfg[key]
+    return out
 
 
 def build_net(cfg: Mapping) -> MultiTaskNet:
@@ -43,7 +67,7 @@ class SparseMTLModule(L.LightningModule):
 
     def __init__(self, cfg: Mapping | DictConfig) -> None:
         super().__init__()
-        cfg = plain_config(cfg)
+        cfg = plain_config(cfg, MODULE_KEYS)
         self.save_hyperparameters({"cfg": cfg})
         self.cfg = cfg
         self.sparsity_weight = validate_sparsity_weight(cfg["lambda"])
@@ -74,6 +98,12 @@ class SparseMTLModule(L.LightningModule):
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         losses = self.task_losses(self.net(batch["image"]), batch)
         loss = self.weighting(losses)
+        if not torch.isfinite(loss):
+            bad = [t for t, v in losses.items() if not torch.isfinite(v)] or ["weighted total"]
+            raise NonFiniteLossError(
+                f"non-finite {', '.join(bad)} loss at step {self.global_step} (epoch {self.current_epoch}, "
+                f"batch {batch_idx}); check the data for NaN targets or lower the learning rate"
+            )
         bs = batch["image"].shape[0]
         self.log_dict({f"train/{t}/loss": v.detach() for t, v in losses.items()}, batch_size=bs)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
@@ -86,7 +116,13 @@ class SparseMTLModule(L.LightningModule):
         """The penalty lambda*Omega enters here as its exact gradient (grads are unscaled and accumulated by now)."""
         lam = self.sparsity.weight_at(self.current_epoch)
         if lam > 0 and self.sparsity.penalty_in_loss:
-            self.log("train/sparsity_penalty", self.sparsity.add_penalty_grad_(lam))
+            value = self.sparsity.add_penalty_grad_(lam)
+            if not math.isfinite(value):
+                raise NonFiniteLossError(
+                    f"non-finite sparsity penalty at step {self.global_step} (epoch {self.current_epoch}); "
+                    "the encoder weights diverged: lower lambda or the learning rate"
+                )
+            self.log("train/sparsity_penalty", value)
 
     def on_train_epoch_end(self) -> None:
         if self._loss_count:
@@ -130,6 +166,21 @@ class SparseMTLModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": instantiate(sched, optimizer=optimizer), "interval": interval},
         }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the RNG states, so a resumed run draws the same random numbers as an uninterrupted one."""
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if states:
+            torch.set_rng_state(states["torch"])
+            np.random.set_state(states["numpy"])
+            random.setstate(states["python"])
 
     def configure_callbacks(self) -> list[L.Callback]:
         from lightning_sparse_mtl.callbacks import ChannelZeroing, SparsityLogger

@@ -11,8 +11,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from lightning_sparse_mtl.errors import UserError, exit_on_user_error
+from lightning_sparse_mtl.errors import NonFiniteLossError, UserError, exit_on_user_error
 from lightning_sparse_mtl.module import SparseMTLModule, plain_config
+from lightning_sparse_mtl.provenance import git_commit, package_versions
 from lightning_sparse_mtl.results import print_results, write_results
 from lightning_sparse_mtl.sparsity.controller import validate_sparsity_weight
 from lightning_sparse_mtl.sparsity.stats import sparsity_stats
@@ -42,16 +43,30 @@ def test_checkpoint(trainer: L.Trainer, which: str) -> str | None:
     return str(Path(path).resolve()) if path else None
 
 
+def check_run_dir(run_dir: Path, resuming: bool) -> None:
+    """Refuse to overwrite a finished run (unless it is being resumed)."""
+    if (run_dir / "results.json").exists() and not resuming:
+        raise UserError(
+            f"{run_dir} already holds a finished run (results.json); choose another hydra.run.dir, "
+            "or pass ckpt_path=<its checkpoints/last.ckpt> to resume it"
+        )
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit, test, write ``results.json`` in the run directory; returns the results dict."""
     validate_sparsity_weight(cfg.get("lambda"))
     run_dir = run_dir_of(cfg)
+    check_run_dir(run_dir, resuming=cfg.get("ckpt_path") is not None)
     L.seed_everything(cfg.seed, workers=True)
     start = time.perf_counter()
     module = SparseMTLModule(cfg)  # validates tasks, encoder, heads, sparsity before any data work
     datamodule = instantiate(cfg.data)
     trainer = build_trainer(cfg, run_dir)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except NonFiniteLossError as err:
+        last = test_checkpoint(trainer, "last")
+        raise NonFiniteLossError(f"{err}; last good checkpoint: {last or 'none saved yet'}") from None
     ckpt_path = test_checkpoint(trainer, cfg.get("test_ckpt", "last"))
     test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0]
     stats = sparsity_stats(module.sparsity.groups)
@@ -63,11 +78,18 @@ def train(cfg: DictConfig) -> dict:
         "wall_time_s": time.perf_counter() - start,
         "lambda": module.sparsity_weight,
         "seed": cfg.seed,
+        "versions": package_versions(),
+        "git_commit": git_commit(),
         "ckpt_path": ckpt_path,
         "run_dir": str(run_dir.resolve()),
         "sparsity": stats,
         "config": plain_config(cfg),
     }
+    if trainer.is_global_zero and module.sparsity.active and cfg.prune.after_train:
+        from lightning_sparse_mtl.prune import prune_and_measure
+
+        figures = prune_and_measure(module, run_dir / "pruned.pt", repeats=cfg.prune.latency_repeats)
+        results.update(figures or {"pruned/channels_removed": 0})
     if trainer.is_global_zero:
         write_results(run_dir / "results.json", results)
         print_results(results, title=f"results ({run_dir})")

@@ -5,15 +5,38 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 SPLITS = ("train", "val", "test")
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Random order that depends only on (seed, epoch): a resumed run sees the same batches as an uninterrupted one.
+
+    Lightning calls ``set_epoch`` before every training epoch.
+    """
+
+    def __init__(self, length: int, seed: int = 0) -> None:
+        self.length, self.seed, self.epoch = length, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.length, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.length
 
 
 class MTLDataModule(L.LightningDataModule):
     """Builds ``dataset(split=<name>, **splits[<name>])`` for train/val/test; batches are dicts of tensors.
 
     ``num_classes`` and ``attributes`` describe the dataset's label space for the model's tasks.
+    ``root`` (the ``data.root`` config key), when not None, is forwarded to ``dataset`` as ``root=``.
+    ``seed`` fixes the training order per epoch (see :class:`EpochShuffleSampler`).
     """
 
     def __init__(
@@ -26,6 +49,8 @@ class MTLDataModule(L.LightningDataModule):
         num_classes: int | None = None,
         attributes: Sequence[str] = (),
         pin_memory: bool = False,
+        root: str | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.dataset = dataset
@@ -36,11 +61,14 @@ class MTLDataModule(L.LightningDataModule):
         self.num_classes = num_classes
         self.attributes = list(attributes)
         self.pin_memory = pin_memory
+        self.seed = seed
+        self.root = root
         self.datasets: dict[str, Dataset] = {}
 
     def build(self, split: str) -> Dataset:
         if split not in self.datasets:
-            self.datasets[split] = self.dataset(split=split, **self.splits[split])
+            kwargs = {"root": self.root} if self.root is not None else {}
+            self.datasets[split] = self.dataset(split=split, **kwargs, **self.splits[split])
         return self.datasets[split]
 
     def setup(self, stage: str | None = None) -> None:
@@ -49,10 +77,11 @@ class MTLDataModule(L.LightningDataModule):
             self.build(split)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.build(split)
         return DataLoader(
-            self.build(split),
+            dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
             drop_last=shuffle,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

@@ -34,7 +34,7 @@ BG_MAX_TILT_DEG = 30.0
 AMBIENT, DIFFUSE = 0.45, 0.55
 NOISE_STD = 0.015
 CACHE_VERSION = 1
-_CHUNK = 256  # scenes rendered at once (fixed: noise draws depend on it)
+_CHUNK = 64  # scenes rendered at once (fixed: noise draws depend on it)
 
 
 def intrinsics(image_size: int) -> tuple[float, float, float]:
@@ -196,14 +196,9 @@ def _render_compact(
         noise = np.random.default_rng([seed, 1, start]).normal(0, NOISE_STD, colour.shape)
         out_img[s] = np.round(np.clip(colour + noise, 0, 1) * 255).astype(np.uint8)
         out_surf[s] = surf.astype(np.uint8)
-    labels = np.where(active, np.asarray(digit_labels)[np.maximum(ids, 0)], -1)
-    return {
-        "image": out_img.reshape(n, 3, size, size),
-        "surface": out_surf.reshape(n, size, size),
-        "planes": planes,
-        "digit_ids": ids.astype(np.int64),
-        "card_labels": labels.astype(np.int64),
-    }
+    labels = np.where(active, np.asarray(digit_labels)[np.maximum(ids, 0)], -1).astype(np.int64)
+    img, surf = out_img.reshape(n, 3, size, size), out_surf.reshape(n, size, size)
+    return {"image": img, "surface": surf, "planes": planes, "digit_ids": ids.astype(np.int64), "card_labels": labels}
 
 
 def _expand(compact: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -283,6 +278,7 @@ def load_digit_scenes(
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez_compressed(fh, **compact)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -305,19 +301,13 @@ class DigitScenes(torch.utils.data.Dataset):
     ) -> None:
         data = load_digit_scenes(split, cache_dir, num_scenes, image_size, cards, seed)
         self.split = split
-        self.image = torch.from_numpy(data["image"])
-        self.seg = torch.from_numpy(data["seg"])
-        self.depth = torch.from_numpy(data["depth"])
-        self.normal = torch.from_numpy(data["normal"])
+        self.tensors = {key: torch.from_numpy(data[key]) for key in ("image", "seg", "depth", "normal")}
         self.digit_ids = torch.from_numpy(data["digit_ids"])
 
     def __len__(self) -> int:
-        return self.image.shape[0]
+        return self.tensors["image"].shape[0]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {
-            "image": self.image[i].float().div_(255.0),
-            "seg": self.seg[i],
-            "depth": self.depth[i],
-            "normal": self.normal[i],
-        }
+        item = {key: value[i] for key, value in self.tensors.items()}
+        item["image"] = item["image"].float().div_(255.0)
+        return item

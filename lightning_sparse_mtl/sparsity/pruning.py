@@ -19,9 +19,10 @@ from typing import Any
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 from torch_pruning import ops
 
-from lightning_sparse_mtl.sparsity.measure import count_macs, count_params
+from lightning_sparse_mtl.sparsity.measure import count_params
 
 OPTYPE = ops.OPTYPE
 # Ops that carry channel c to channel c (or re-index it exactly): they never block a channel.
@@ -110,9 +111,10 @@ def _read_mask(module: nn.Module, is_in: bool) -> torch.Tensor | None:
         return w.ne(0).any(dim=0) if is_in else None  # W: (out, in)
     if isinstance(module, ops.TORCH_CONV):
         g = module.groups
-        if g == 1:
-            dim = 0 if module.transposed else 1  # W: (out, in, *k) or transposed (in, out, *k)
-            return w.ne(0).transpose(0, dim).flatten(1).any(dim=1)
+        if g == 1 and module.transposed:  # W: (in, out, *k)
+            return w.ne(0).flatten(1).any(dim=1)
+        if g == 1:  # W: (out, in, *k)
+            return w.ne(0).any(dim=0).flatten(1).any(dim=1)
         if not module.transposed and g == module.in_channels == module.out_channels:  # depthwise
             return w.ne(0).flatten(1).any(dim=1)  # W: (C, 1, *k)
     return None
@@ -187,8 +189,11 @@ def removable_channels(
 
 
 @torch.no_grad()
-def _outputs(model: nn.Module, example_inputs: Any) -> list[torch.Tensor]:
-    return [t.detach().clone() for t in _flatten(_call(model, example_inputs))]
+def _outputs_and_macs(model: nn.Module, example_inputs: Any) -> tuple[list[torch.Tensor], int]:
+    """Flattened outputs of one forward and its MACs (FLOPs / 2, as :func:`count_macs`)."""
+    with FlopCounterMode(display=False) as counter:
+        out = [t.detach().clone() for t in _flatten(_call(model, example_inputs))]
+    return out, int(counter.get_total_flops()) // 2
 
 
 def max_abs_diff(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
@@ -209,14 +214,16 @@ def prune_zero_channels(
     ``example_inputs``: a tensor (e.g. (N, 3, H, W)) or a tuple of forward arguments; the forward
     may return a tensor, a tuple/list or a dict of tensors. Runs in ``eval()``, verifies that the
     outputs on ``example_inputs`` are unchanged (max abs diff <= ``atol``) and raises
-    ``RuntimeError`` otherwise; the model's train/eval mode is restored.
+    ``RuntimeError`` otherwise (the model is then left as pruned: keep a copy if you need it).
+    Train/eval mode and ``requires_grad`` flags are restored. Attributes that merely record sizes
+    (e.g. an smp encoder's ``out_channels``) are not updated.
     """
     was_training = model.training
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     model.eval()
     try:
-        before = _outputs(model, example_inputs)
-        params_before, macs_before = count_params(model), count_macs(model, example_inputs)
+        before, macs_before = _outputs_and_macs(model, example_inputs)
+        params_before = count_params(model)
         graph = build_graph(model, example_inputs)
         model.eval()
         plans = _plan(graph, ignored_layers)
@@ -226,7 +233,7 @@ def prune_zero_channels(
             removed[name] = removed.get(name, 0) + len(idxs)
         for n, p in model.named_parameters():  # Torch-Pruning re-creates pruned params with requires_grad=True
             p.requires_grad_(requires_grad.get(n, p.requires_grad))
-        after = _outputs(model, example_inputs)
+        after, macs_after = _outputs_and_macs(model, example_inputs)
         diff = max_abs_diff(before, after)
         if not diff <= atol:
             raise RuntimeError(
@@ -237,7 +244,7 @@ def prune_zero_channels(
             params_before=params_before,
             params_after=count_params(model),
             macs_before=macs_before,
-            macs_after=count_macs(model, example_inputs),
+            macs_after=macs_after,
             max_abs_diff=diff,
         )
     finally:
