@@ -169,9 +169,10 @@ class SparseMTLModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the RNG states, so a resumed run draws the same random numbers as an uninterrupted one."""
-        checkpoint["rng_states"] = {
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        checkpoint["rng_states"] = {  # plain types and tensors only: loads with torch.load(weights_only=True)
             "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
             "python": random.getstate(),
         }
 
@@ -179,7 +180,8 @@ class SparseMTLModule(L.LightningModule):
         states = checkpoint.get("rng_states")
         if states:
             torch.set_rng_state(states["torch"])
-            np.random.set_state(states["numpy"])
+            name, keys, pos, has_gauss, cached = states["numpy"]
+            np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
             random.setstate(states["python"])
 
     def configure_callbacks(self) -> list[L.Callback]:

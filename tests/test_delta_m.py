@@ -49,8 +49,9 @@ def test_load_baselines_from_config_and_results_files(tmp_path: Path) -> None:
     assert load_baselines(None) == {}
     seg = tmp_path / "seg" / "results.json"
     depth = tmp_path / "depth" / "results.json"
-    for path, data in ((seg, {"test/seg/miou": 0.4, "test/loss": 1.0, "params": 10, "config": {"lambda": 0}}),
-                       (depth, {"test/depth/abs_err": 0.5, "test/depth/rel_err": None, "sparsity/group_sparsity": 0})):  # fmt: skip
+    seg_data = {"test/seg/miou": 0.4, "test/loss": 1.0, "params": 10, "config": {"lambda": 0}}
+    depth_data = {"test/depth/abs_err": 0.5, "test/depth/rel_err": None, "sparsity/group_sparsity": 0}
+    for path, data in ((seg, seg_data), (depth, depth_data)):
         path.parent.mkdir()
         path.write_text(json.dumps(data))
     merged = load_baselines([str(seg), depth])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,15 @@ from lightning_sparse_mtl.sparsity.pruning import PruneReport, prune_zero_channe
 
 TASKS = {"seg": 11, "depth": 1, "normal": 3}
 SIZE = 64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: tiny convs gain little from two, and it keeps timings sane on a busy box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _head(c_in: int, c_out: int, hidden: int = 16) -> nn.Sequential:
@@ -260,7 +270,8 @@ with torch.no_grad():
     out = m(io["x"])
 print(max(float((out[k] - io["ref"][k]).abs().max()) for k in io["ref"]))
 """
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 0, res.stderr
     assert float(res.stdout.strip().splitlines()[-1]) <= 1e-5
 

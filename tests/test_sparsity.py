@@ -186,3 +186,43 @@ def test_lambda_schedule_warmup_and_ramp() -> None:
     assert [s.weight_at(e) for e in range(7)] == pytest.approx([0, 0, 0.25, 0.5, 0.75, 1, 1])
     with pytest.raises(UserError, match="unknown sparsity.prox"):
         GroupSparsity([], 1.0, prox="magic")
+
+
+def test_adam_prox_warm_start_one_iteration_and_safeguard() -> None:
+    torch.manual_seed(3)
+    w = torch.randn(16, 6, 3, 3, dtype=torch.float64)
+    d = torch.rand_like(w) + 0.5
+    ref = w.clone()
+    r_ref = adam_soft_threshold_(ref, d, 0.3, iters=8)
+    near = w.clone()
+    adam_soft_threshold_(near, d, 0.3, iters=1, radius=r_ref * 1.01)  # warm start 1% off
+    assert torch.allclose(near, ref, atol=1e-6)
+    far = w.clone()
+    adam_soft_threshold_(far, d, 0.3, iters=1, radius=r_ref * 50)  # first step overshoots below 0
+    assert torch.equal(far == 0, ref == 0)  # no live group zeroed by the solver
+    assert torch.allclose(far, ref, atol=1e-6)
+
+
+def test_penalty_grad_reuses_norms_left_by_the_prox() -> None:
+    net = small_net()
+    groups = find_conv_groups(net)
+    sparsity = GroupSparsity(groups, 1e-2, prox="plain")
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    net(torch.randn(2, 3, 8, 8)).sum().backward()
+    opt.step()
+    sparsity.prox_(opt, 1e-2)
+    assert set(sparsity._norms) == {0, 1}
+    for g in groups:
+        g.weight.grad = torch.zeros_like(g.weight)
+    cached = sparsity.add_penalty_grad_(1e-2)
+    fresh_grads = [g.weight.grad.clone() for g in groups]
+    for g in groups:
+        g.weight.grad = torch.zeros_like(g.weight)
+    assert cached == pytest.approx(add_penalty_grad_(groups, 1e-2), rel=1e-6)
+    for g, fresh in zip(groups, fresh_grads):
+        assert torch.allclose(g.weight.grad, fresh, atol=1e-7)
+    with torch.no_grad():
+        groups[0].weight.mul_(2.0)  # version bump: the cache must not be used
+    for g in groups:
+        g.weight.grad = torch.zeros_like(g.weight)
+    assert sparsity.add_penalty_grad_(1e-2) == pytest.approx(1e-2 * group_penalty(groups).item(), rel=1e-6)

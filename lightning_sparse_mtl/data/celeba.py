@@ -40,10 +40,8 @@ PARTS = (
     "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear",
     "mouth", "u_lip", "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth",
 )  # fmt: skip
-DEFAULT_PART_CLASSES: dict[str, list[str]] = {
-    "hair": ["hair"],
-    "skin": ["skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear", "mouth", "u_lip", "l_lip"],
-}
+FACE_PARTS = list(PARTS[:12])  # skin, nose, eye_g, l_eye, r_eye, l_brow, r_brow, l_ear, r_ear, mouth, u_lip, l_lip
+DEFAULT_PART_CLASSES: dict[str, list[str]] = {"hair": ["hair"], "skin": FACE_PARTS}
 _JPG = re.compile(r"^(\d+)\.jpg$")
 Transform = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
@@ -134,7 +132,8 @@ class CelebAMaskHQ(Dataset):
         self.part_classes = {str(k): [str(p) for p in v] for k, v in (part_classes or DEFAULT_PART_CLASSES).items()}
         bad = sorted({p for parts in self.part_classes.values() for p in parts} - set(PARTS))
         if bad:
-            raise UserError(f"unknown CelebAMask-HQ part(s) {', '.join(bad)} in part_classes; valid: {', '.join(PARTS)}")
+            where, valid = "data.dataset.part_classes", ", ".join(PARTS)
+            raise UserError(f"unknown CelebAMask-HQ part(s) {', '.join(bad)} in {where}; valid: {valid}")
         self.parts = [p for parts in self.part_classes.values() for p in parts]
         image_dir = self.root / IMAGE_DIR
         for folder in (image_dir, self.root / MASK_DIR) if self.with_seg else (image_dir,):

@@ -161,8 +161,8 @@ class NpyMultiTaskDataset(Dataset):
                     f"every {self.folders[ref_key]}/<i>.npy needs a matching {self.folders[key]}/<i>.npy"
                 )
             if idx != ref:
-                missing = sorted(set(ref) - set(idx))[0]
-                raise UserError(f"{self.name}: {b / f'{missing}.npy'} is missing (its image {a / f'{missing}.npy'} exists)")
+                name = f"{sorted(set(ref) - set(idx))[0]}.npy"
+                raise UserError(f"{self.name}: {b / name} is missing (its image {a / name} exists)")
         return ref
 
     def _load(self, index: int) -> dict[str, torch.Tensor]:

@@ -64,6 +64,9 @@ class GroupSparsity(nn.Module):
         self.newton_iters = newton_iters
         for i, g in enumerate(self.groups):
             self.register_buffer(f"frozen_{i}", torch.zeros(g.num_groups, dtype=torch.bool, device=g.weight.device))
+        # group norms left by the last prox, keyed by layer, with the weight's version counter at that time:
+        # valid while the weight is untouched, so the next penalty gradient needs no extra norm pass.
+        self._norms: dict[int, tuple[int, torch.Tensor]] = {}
 
     @property
     def active(self) -> bool:
@@ -84,7 +87,9 @@ class GroupSparsity(nn.Module):
         """Add lam * dOmega/dW to the grads (when penalty_in_loss); returns lam * Omega for logging."""
         if lam <= 0 or not self.penalty_in_loss:
             return 0.0
-        return add_penalty_grad_(self.groups, lam)
+        cached = [self._norms.get(i, (None, None)) for i in range(len(self.groups))]
+        norms = [n if v == g.weight._version else None for g, (v, n) in zip(self.groups, cached)]
+        return add_penalty_grad_(self.groups, lam, norms)
 
     @torch.no_grad()
     def prox_(self, optimizer: torch.optim.Optimizer, lam: float) -> None:
@@ -97,15 +102,17 @@ class GroupSparsity(nn.Module):
             tau = group["lr"] * lam * g.sqrt_p
             if self.prox == "adam":
                 d = _adam_metric(optimizer, group, w)
-                norms = (
-                    soft_threshold_(w, 0.0, frozen)
-                    if d is None
-                    else adam_soft_threshold_(w, d, tau, frozen, self.newton_iters)
-                )
+                if d is None:
+                    norms = soft_threshold_(w, 0.0, frozen)
+                else:
+                    warm = self._norms.get(i, (None, None))[1]
+                    iters = 1 if warm is not None else self.newton_iters
+                    norms = adam_soft_threshold_(w, d, tau, frozen, iters, radius=warm)
             elif self.prox == "plain":
                 norms = soft_threshold_(w, tau, frozen)
             else:
                 norms = soft_threshold_(w, 0.0, frozen)
+            self._norms[i] = (w._version, norms)
             zero = norms == 0
             if not self.revive:
                 frozen |= zero

@@ -31,27 +31,40 @@ def soft_threshold_(weight: torch.Tensor, tau: float, frozen: torch.Tensor | Non
 
 @torch.no_grad()
 def adam_soft_threshold_(
-    weight: torch.Tensor, d: torch.Tensor, tau: float, frozen: torch.Tensor | None = None, iters: int = 3
+    weight: torch.Tensor,
+    d: torch.Tensor,
+    tau: float,
+    frozen: torch.Tensor | None = None,
+    iters: int = 3,
+    radius: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Adam-weighted group soft-threshold in place. ``weight``, ``d`` (O, I, k, k), ``d`` > 0.
 
-    Returns the (I,) group norms after the step (the Newton estimate r; exactly 0 for zeroed groups).
+    ``radius`` (I,) warm-starts Newton (e.g. the previous step's result): q is concave and increasing, so
+    every Newton iterate after the first lies left of the root and converges monotonically (quadratically);
+    groups whose iterate is still <= 0 get extra iterations, so no live group is zeroed by the solver.
+    Returns the (I,) group norms after the step (exactly 0 for zeroed groups).
     """
     dims = (0, 2, 3)
     u = d * weight  # D z
-    unorm = torch.linalg.vector_norm(u, dim=dims)
-    alive = unorm > tau
+    alive = torch.linalg.vector_norm(u, dim=dims) > tau
     if frozen is not None:
         alive &= ~frozen
-    r = torch.zeros_like(unorm)
-    for _ in range(iters):
-        denom = d * r.view(1, -1, 1, 1) + tau
-        ratio = u / denom
-        f = ratio.square().sum(dims)
-        df = -2.0 * (ratio.square() * d / denom).sum(dims)  # f'(r)
+    r = torch.zeros(weight.shape[1], dtype=weight.dtype, device=weight.device) if radius is None else radius.clone()
+    denom = torch.empty_like(weight)
+    for it in range(iters + 8):
+        if it >= iters and not bool((alive & (r <= 0)).any()):
+            break
+        torch.addcmul(torch.full((), tau, dtype=weight.dtype, device=weight.device), d, r.view(1, -1, 1, 1), out=denom)
+        ratio = u / denom  # D z / (D r + tau)
+        denom.reciprocal_().mul_(d)  # D / (D r + tau)
+        ratio.square_()
+        f = ratio.sum(dims)
+        df = -2.0 * ratio.mul_(denom).sum(dims)  # f'(r)
         q = f.rsqrt() - 1.0
         dq = -0.5 * f.pow(-1.5) * df
         r = torch.where(alive, (r - q / dq).clamp_min(0.0), torch.zeros_like(r))
-    factor = r.view(1, -1, 1, 1) / (d * r.view(1, -1, 1, 1) + tau)
-    weight.mul_(d).mul_(factor)  # x = D z r / (D r + tau); groups with r = 0 become exact zeros
+    # x = D z r / (D r + tau); groups with r = 0 become exact zeros
+    torch.addcmul(torch.full((), tau, dtype=weight.dtype, device=weight.device), d, r.view(1, -1, 1, 1), out=denom)
+    weight.copy_(u.mul_(r.view(1, -1, 1, 1)).div_(denom))
     return r

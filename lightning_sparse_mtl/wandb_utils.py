@@ -1,0 +1,155 @@
+"""Weights & Biases glue: one W&B run per Hydra job, one group per multirun, full config, final tables.
+
+``logger=wandb`` builds :class:`HydraWandbLogger` (a ``WandbLogger`` whose ``group``/``name`` default to the
+multirun sweep dir / the job dir). ``train`` calls :func:`log_run_config` after building the trainer,
+:func:`log_final_tables` once ``results`` are known and :func:`finish_loggers` at the very end (also on
+failure), so each job of a multirun closes its own run. Every function is a no-op without a W&B logger.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+MAX_NAME_LEN = 128  # W&B limit for group / run names
+# results.json scalar prefixes shown in the final "results" table
+RESULT_PREFIXES = ("test/", "sparsity/", "pruned/", "dense/")
+RESULT_KEYS = ("params", "wall_time_s", "lambda", "seed")
+PRUNING_ROWS = (  # (row label, dense key, pruned key); a dense "params" falls back to results["params"]
+    ("params", "dense/params", "pruned/params"),
+    ("MACs", "dense/macs", "pruned/macs"),
+    ("latency b1 (ms)", "dense/latency_b1_ms", "pruned/latency_b1_ms"),
+    ("latency b8 (ms)", "dense/latency_b8_ms", "pruned/latency_b8_ms"),
+)
+
+
+def _short(text: str | Path) -> str:
+    """``text`` cut to what W&B accepts for a group or a name (the end is kept: it is the distinctive part)."""
+    text = str(text)
+    return text if len(text) <= MAX_NAME_LEN else text[-MAX_NAME_LEN:]
+
+
+def hydra_group_and_name() -> tuple[str | None, str | None]:
+    """(group, name) for the current Hydra job. group: the multirun's sweep dir (shared by its jobs) or, for a
+    single run, its own run dir. name: ``<job num>_<override_dirname>`` in a multirun, else the overrides (or the
+    run dir name when there are none)."""
+    if not HydraConfig.initialized():
+        return None, None
+    hc = HydraConfig.get()
+    overrides = hc.job.get("override_dirname") or ""
+    if hc.mode == RunMode.MULTIRUN:
+        num = hc.job.get("num")
+        return _short(hc.sweep.dir), (f"{num}_{overrides}" if overrides else str(num))[:MAX_NAME_LEN]
+    return _short(hc.run.dir), (overrides[:MAX_NAME_LEN] or _short(Path(hc.runtime.output_dir).name))
+
+
+def _close_stale_run() -> None:
+    """Finish a W&B run left open by an earlier job of this process (e.g. one that crashed)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=1)
+
+
+class HydraWandbLogger(WandbLogger):
+    """``WandbLogger`` for Hydra jobs: ``group``/``name`` default to :func:`hydra_group_and_name`, and a run left
+    open by a previous job in the same process is closed first (so a new job never reuses it)."""
+
+    def __init__(self, group: str | None = None, name: str | None = None, **kwargs: Any) -> None:
+        auto_group, auto_name = hydra_group_and_name()
+        if rank_zero_only.rank == 0:
+            _close_stale_run()
+        super().__init__(name=name or auto_name, group=group or auto_group, **kwargs)
+
+
+def wandb_loggers(trainer: L.Trainer | None) -> list[WandbLogger]:
+    return [lg for lg in (trainer.loggers if trainer is not None else []) if isinstance(lg, WandbLogger)]
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@rank_zero_only
+def log_run_config(trainer: L.Trainer, config: Mapping[str, Any]) -> None:
+    """Put the full resolved train config (``plain_config(cfg)``) into ``wandb.config``; its top-level keys,
+    ``lambda`` among them, become W&B config columns. (The module's own hparams arrive under ``cfg``.)"""
+    for logger in wandb_loggers(trainer):
+        logger.experiment.config.update(dict(config), allow_val_change=True)
+
+
+def results_rows(results: Mapping[str, Any]) -> list[list[Any]]:
+    """``[[key, value]]`` for every finite scalar result (``test/``, ``sparsity/``, ``pruned/``, ``dense/``,
+    params, wall time, lambda, seed)."""
+    return [[k, v] for k, v in results.items() if _scalar(v) and (k.startswith(RESULT_PREFIXES) or k in RESULT_KEYS)]
+
+
+def layer_rows(results: Mapping[str, Any]) -> list[list[Any]]:
+    """``[[layer, groups, zero_groups, group_sparsity, weight_sparsity]]`` from ``results["sparsity"]["layers"]``."""
+    layers = (results.get("sparsity") or {}).get("layers") or {}
+    return [
+        [name, s.get("groups"), s.get("zero_groups"), s.get("group_sparsity"), s.get("weight_sparsity")]
+        for name, s in layers.items()
+    ]
+
+
+def pruning_rows(results: Mapping[str, Any]) -> list[list[Any]]:
+    """``[[quantity, dense, pruned, pruned/dense]]`` for params, MACs and latencies present in ``results``;
+    empty when the run was not pruned. A missing value is None."""
+    if not any(_scalar(results.get(p)) for _, _, p in PRUNING_ROWS):
+        return []
+    rows = []
+    for label, dense_key, pruned_key in PRUNING_ROWS:
+        dense = results.get(dense_key, results.get("params") if label == "params" else None)
+        dense = dense if _scalar(dense) else None
+        pruned = results[pruned_key] if _scalar(results.get(pruned_key)) else None
+        if dense is None and pruned is None:
+            continue
+        ratio = pruned / dense if dense and pruned is not None else None
+        rows.append([label, dense, pruned, ratio])
+    return rows
+
+
+@rank_zero_only
+def log_final_tables(trainer: L.Trainer, results: Mapping[str, Any]) -> None:
+    """Log the final results as W&B tables (``final/results``, ``final/layer_sparsity`` with a bar chart,
+    ``final/pruning``) and copy the scalar results into the run summary. No-op without a WandbLogger."""
+    loggers = wandb_loggers(trainer)
+    if not loggers:
+        return
+    import wandb
+
+    scalars = results_rows(results)
+    layers = layer_rows(results)
+    pruning = pruning_rows(results)
+    for logger in loggers:
+        run = logger.experiment
+        run.summary.update(dict(scalars))
+        payload: dict[str, Any] = {"final/results": wandb.Table(columns=["key", "value"], data=scalars)}
+        if layers:
+            cols = ["layer", "groups", "zero_groups", "group_sparsity", "weight_sparsity"]
+            table = wandb.Table(columns=cols, data=layers)
+            payload["final/layer_sparsity"] = table
+            payload["final/layer_sparsity_chart"] = wandb.plot.bar(
+                table, "layer", "group_sparsity", title="group sparsity per layer (%)"
+            )
+        if pruning:
+            payload["final/pruning"] = wandb.Table(columns=["quantity", "dense", "pruned", "ratio"], data=pruning)
+        run.log(payload)
+
+
+def finish_loggers(trainer: L.Trainer | None, failed: bool = False) -> None:
+    """Close the W&B run of each WandbLogger of ``trainer`` (one run per Hydra job); no-op for other loggers and
+    for loggers whose run was never started. ``failed`` marks the run as crashed (exit code 1)."""
+    for logger in wandb_loggers(trainer):
+        run = getattr(logger, "_experiment", None)
+        if run is not None and hasattr(run, "finish"):
+            run.finish(exit_code=1 if failed else 0)
