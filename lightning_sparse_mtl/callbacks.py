@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import lightning as L
+import torch
 from rich.console import Console
 from rich.table import Table
 
+from lightning_sparse_mtl.sparsity.pruning import prune_zero_channels
 from lightning_sparse_mtl.sparsity.stats import flat_metrics, sparsity_stats
 
 
@@ -35,12 +39,34 @@ class ChannelZeroing(L.Callback):
 
 
 class SparsityLogger(L.Callback):
-    """Logs ``sparsity/...`` (overall and per layer) every epoch and prints a per-layer table after fit."""
+    """Logs ``sparsity/...`` (overall and per layer) every epoch and prints a per-layer table after fit.
+
+    When zero groups exist it also prunes a copy of the net (a 1x3x64x64 probe input) to log
+    ``sparsity/removable_channels`` (consumer rule) and ``sparsity/encoder_params_left``.
+    """
+
+    def __init__(self, probe_size: int = 64) -> None:
+        self.probe_size = probe_size
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         stats = sparsity_stats(pl_module.sparsity.groups)
-        pl_module.log_dict(flat_metrics(stats))
-        pl_module.log("sparsity/lambda", pl_module.sparsity.weight_at(trainer.current_epoch))
+        metrics = flat_metrics(stats)
+        metrics["sparsity/lambda"] = pl_module.sparsity.weight_at(trainer.current_epoch)
+        metrics.update(self.pruning_figures(pl_module.net, stats))
+        pl_module.log_dict(metrics)
+
+    @torch.no_grad()
+    def pruning_figures(self, net: torch.nn.Module, stats: dict) -> dict[str, float]:
+        encoder_params = sum(p.numel() for p in net.encoder.parameters())
+        if stats["zero_groups"] == 0:
+            return {"sparsity/removable_channels": 0.0, "sparsity/encoder_params_left": float(encoder_params)}
+        probe = copy.deepcopy(net).cpu().float()
+        example = torch.rand(1, 3, self.probe_size, self.probe_size)
+        report = prune_zero_channels(probe, example, ignored_layers=probe.head_output_layers())
+        return {
+            "sparsity/removable_channels": float(sum(report.channels_removed.values())),
+            "sparsity/encoder_params_left": float(sum(p.numel() for p in probe.encoder.parameters())),
+        }
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and pl_module.sparsity.active:

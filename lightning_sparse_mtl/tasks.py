@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +83,7 @@ def build_task(name: str, num_classes: int | None = None, attributes: Sequence[s
             raise UserError(f"task 'seg' needs data.num_classes >= 2, got {num_classes}")
         return TaskSpec(
             name, kind, num_classes, seg_loss, identity,
-            lambda: SegmentationMetrics(num_classes, IGNORE_INDEX),
+            partial(SegmentationMetrics, num_classes, IGNORE_INDEX),
             {"miou": True, "pix_acc": True},
         )  # fmt: skip
     if kind == "depth":

@@ -9,8 +9,9 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from lightning_sparse_mtl.delta_m import delta_m, load_baselines, metric_directions
 from lightning_sparse_mtl.errors import NonFiniteLossError, UserError, exit_on_user_error
 from lightning_sparse_mtl.module import SparseMTLModule, plain_config
 from lightning_sparse_mtl.provenance import git_commit, package_versions
@@ -61,6 +62,8 @@ def train(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     module = SparseMTLModule(cfg)  # validates tasks, encoder, heads, sparsity before any data work
     datamodule = instantiate(cfg.data)
+    for stage in ("fit", "test"):  # build and validate every split before any training starts
+        datamodule.setup(stage)
     trainer = build_trainer(cfg, run_dir)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -70,6 +73,11 @@ def train(cfg: DictConfig) -> dict:
     ckpt_path = test_checkpoint(trainer, cfg.get("test_ckpt", "last"))
     test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0]
     stats = sparsity_stats(module.sparsity.groups)
+    if cfg.get("baselines"):
+        directions = metric_directions(module.net.tasks.values())
+        test_metrics["test/delta_m"] = delta_m(
+            test_metrics, load_baselines(OmegaConf.to_container(cfg.baselines)), directions
+        )
     results = {
         **{k: float(v) for k, v in sorted(test_metrics.items()) if k.startswith("test/") and k != "test/loss"},
         "sparsity/group_sparsity": stats["group_sparsity"],

@@ -167,6 +167,8 @@ def _plan(graph: tp.DependencyGraph, ignored_layers: Sequence[nn.Module] | None)
     roots = (ops.TORCH_CONV, ops.TORCH_LINEAR)
     for group in graph.get_all_groups(ignored_layers=list(ignored_layers or []), root_module_types=roots):
         keep = _group_keep_mask(graph, group, output_nodes, cache)
+        if not keep.any():  # a layer cannot have 0 channels: keep one (its readers ignore it anyway)
+            keep[0] = True
         drop = (~keep).nonzero().flatten().tolist()
         if drop:
             dep = group[0].dep

@@ -1,0 +1,136 @@
+"""Physical pruning of real checkpoints: compact model file, speed report, evaluate equivalence, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_sparse_mtl.checkpoints import load_pruned
+from lightning_sparse_mtl.evaluate import evaluate
+from lightning_sparse_mtl.prune import prune_checkpoint
+from lightning_sparse_mtl.sparsity.groups import group_norms
+from lightning_sparse_mtl.train import train
+
+SHORT = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
+
+
+@pytest.fixture(scope="module")
+def dense_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One short dense training run shared by the tests of this file."""
+    import os
+
+    from conftest import compose_train_cfg
+
+    os.environ.setdefault("LSMTL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    run_dir = tmp_path_factory.mktemp("dense")
+    train(compose_train_cfg(run_dir, SHORT))
+    return run_dir
+
+
+def sparsify_checkpoint(dense_run: Path, dest: Path, fraction: float = 0.5, seed: int = 0) -> Path:
+    """Copy the run and zero ``fraction`` of the input groups of every grouped encoder layer in its checkpoint."""
+    shutil.copytree(dense_run, dest)
+    ckpt_path = dest / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    g = torch.Generator().manual_seed(seed)
+    for name, w in ckpt["state_dict"].items():
+        if name.startswith("net.encoder.") and w.dim() == 4 and w.shape[1] > 3:
+            drop = torch.randperm(w.shape[1], generator=g)[: int(fraction * w.shape[1])]
+            w[:, drop] = 0
+    torch.save(ckpt, ckpt_path)
+    return ckpt_path
+
+
+def test_prune_writes_compact_model_and_speed_report(dense_run: Path, tmp_path: Path) -> None:
+    ckpt = sparsify_checkpoint(dense_run, tmp_path / "run")
+    figures = prune_checkpoint(str(ckpt), repeats=2)
+    assert figures is not None and figures["pruned/channels_removed"] > 0
+    assert figures["pruned/macs"] < figures["dense/macs"] and figures["pruned/params"] < figures["dense/params"]
+    assert figures["pruned/macs_ratio"] == pytest.approx(figures["dense/macs"] / figures["pruned/macs"])
+    for b in (1, 8):
+        assert figures[f"pruned/latency_b{b}_ms"] > 0 and figures[f"dense/latency_b{b}_ms"] > 0
+        assert figures[f"pruned/speedup_over_macs_ratio_b{b}"] == pytest.approx(
+            figures[f"pruned/speedup_b{b}"] / figures["pruned/macs_ratio"]
+        )
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["pruned/macs"] == figures["pruned/macs"] and "test/seg/miou" in results
+    saved = load_pruned(tmp_path / "run" / "pruned.pt")
+    assert saved["report"]["max_abs_diff"] <= 1e-4
+    heads = saved["model"].head_output_layers()
+    assert [h.out_channels for h in heads] == [11, 1, 3]  # outputs keep their sizes
+
+
+def test_evaluate_dense_checkpoint_and_pruned_model_agree(dense_run: Path, tmp_path: Path) -> None:
+    ckpt = sparsify_checkpoint(dense_run, tmp_path / "run", fraction=0.7, seed=1)
+    prune_checkpoint(str(ckpt), repeats=1, batch_sizes=(1,))
+    dense = evaluate(str(ckpt), trainer_kwargs={"enable_progress_bar": False})
+    pruned = evaluate(str(tmp_path / "run" / "pruned.pt"), trainer_kwargs={"enable_progress_bar": False})
+    assert dense.keys() == pruned.keys() and "test/normal/median" in dense
+    for key in dense:
+        assert pruned[key] == pytest.approx(dense[key], abs=1e-4), key
+
+
+def test_pruned_model_reloads_in_a_fresh_process(dense_run: Path, tmp_path: Path) -> None:
+    ckpt = sparsify_checkpoint(dense_run, tmp_path / "run")
+    prune_checkpoint(str(ckpt), repeats=1, batch_sizes=(1,))
+    x = torch.rand(2, 3, 32, 32)
+    torch.save(x, tmp_path / "x.pt")
+    expected = load_pruned(tmp_path / "run" / "pruned.pt")["model"].eval()(x)
+    code = (
+        "import torch, sys; p, x, o = sys.argv[1:]; "
+        "net = torch.load(p, weights_only=False)['model'].eval(); "
+        "torch.save({k: v for k, v in net(torch.load(x)).items()}, o)"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "run" / "pruned.pt"), str(tmp_path / "x.pt"),
+                    str(tmp_path / "out.pt")], check=True, timeout=120)  # fmt: skip
+    got = torch.load(tmp_path / "out.pt")
+    for task, value in expected.items():
+        assert torch.allclose(got[task], value, atol=1e-6), task
+
+
+def test_pruning_a_dense_checkpoint_is_a_clear_no_op(dense_run: Path, tmp_path: Path, capsys) -> None:
+    shutil.copytree(dense_run, tmp_path / "run")
+    assert prune_checkpoint(str(tmp_path / "run" / "checkpoints" / "last.ckpt")) is None
+    assert "nothing to prune" in capsys.readouterr().out
+    assert not (tmp_path / "run" / "pruned.pt").exists()
+
+
+def test_all_zero_layer_inputs_still_prune_exactly(dense_run: Path, tmp_path: Path) -> None:
+    ckpt = sparsify_checkpoint(dense_run, tmp_path / "run", fraction=1.0)  # every grouped input is zero
+    figures = prune_checkpoint(str(ckpt), repeats=1, batch_sizes=(1,))
+    assert figures is not None and figures["pruned/max_abs_diff"] <= 1e-4
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: d / "missing.ckpt", "checkpoint not found"),
+        (lambda d: (torch.save({"weights": torch.zeros(2)}, d / "foreign.ckpt"), d / "foreign.ckpt")[1],
+         "is not a lightning-sparse-mtl training checkpoint"),
+        (lambda d: ((d / "junk.ckpt").write_bytes(b"not a checkpoint"), d / "junk.ckpt")[1], "cannot read"),
+    ],
+)  # fmt: skip
+def test_bad_checkpoint_is_one_line_error(make, message: str, tmp_path: Path) -> None:
+    path = make(tmp_path)
+    for entry in ("prune", "evaluate"):
+        proc = subprocess.run([sys.executable, "-m", f"lightning_sparse_mtl.{entry}", f"ckpt_path={path}"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert proc.returncode == 2, proc.stderr[-1500:]
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+        assert len(errors) == 1 and message in errors[0] and "Traceback" not in proc.stderr
+
+
+def test_zero_groups_in_checkpoint_are_exact(dense_run: Path, tmp_path: Path) -> None:
+    ckpt = sparsify_checkpoint(dense_run, tmp_path / "run")
+    from lightning_sparse_mtl.checkpoints import load_module
+
+    module = load_module(ckpt)
+    zero = sum(int((group_norms(g.weight) == 0).sum()) for g in module.sparsity.groups)
+    total = sum(g.num_groups for g in module.sparsity.groups)
+    assert zero == sum(int(0.5 * g.num_groups) for g in module.sparsity.groups) and 0 < zero < total
