@@ -63,7 +63,8 @@ def tiny_multirun(tmp_path: Path) -> list[str]:
 
 def run_module(module: str, *args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """``python -m module args`` from the repo root; fails the test with the output tail on a non-zero exit."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    paths = [str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]  # tests/: for test_sweeps.RankDigest
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), **(env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", module, *args], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
     )
@@ -283,8 +284,8 @@ def test_prediction_images_panels_and_png_fallback(train_cfg, tmp_path: Path) ->
     assert_png(path)
     from PIL import Image
 
-    with Image.open(path) as im:  # 2 samples stacked, 7 panels side by side
-        assert im.size[0] > 6 * im.size[1] / 2 / 1.2
+    with Image.open(path) as im:  # 2 samples stacked, 7 square panels side by side
+        assert 3.2 < im.size[0] / im.size[1] < 3.8
 
 
 # ---------------------------------------------------------------- W&B
@@ -432,7 +433,7 @@ def test_ddp_preset_composes() -> None:
 
 
 class RankDigest(L.Callback):
-    """(Used by the DDP test through ``+callbacks.digest._target_=tests.test_sweeps.RankDigest``.) After fit, each
+    """(Used by the DDP test through ``+callbacks.digest._target_=test_sweeps.RankDigest``.) After fit, each
     rank writes sha256 digests of its zero-group masks and of all its parameters to ``digest_rank<r>.json``."""
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -469,7 +470,7 @@ def test_ddp_two_processes_match_single_process(tmp_path: Path) -> None:
     # λ=8 with the plain prox zeroes the inputs of the layer3/4 conv1s in 2 steps (a pattern to compare) and leaves
     # layer1/2 dense. conv2s are not grouped: a whole zeroed conv2 makes the pruning probe build a 0-channel conv1.
     args = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "sparsity=prox", "lambda=8",
-            "sparsity.exclude=[conv2]", "+callbacks.digest._target_=tests.test_sweeps.RankDigest", *tiny(), *SHORT,
+            "sparsity.exclude=[conv2]", "+callbacks.digest._target_=test_sweeps.RankDigest", *tiny(), *SHORT,
             f"hydra.run.dir={run_dir}"]  # fmt: skip
     check_ok(run_module("lightning_sparse_mtl.train", *args, env={"OMP_NUM_THREADS": "1"}, timeout=300))
     rank0, rank1 = (json.loads((run_dir / f"digest_rank{r}.json").read_text()) for r in (0, 1))
