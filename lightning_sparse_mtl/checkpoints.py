@@ -50,6 +50,23 @@ def load_module(path: str | os.PathLike):
     return module.eval()
 
 
+def check_resume(module: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Fail with one line unless ``path`` is a training checkpoint whose weights fit ``module`` exactly."""
+    ckpt = _torch_load(path)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "optimizer_states" not in ckpt:
+        raise UserError(
+            f"{path} is not a lightning-sparse-mtl training checkpoint; resume needs <run>/checkpoints/last.ckpt"
+        )
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items() if torch.is_tensor(v)}
+    if expected != found:
+        diff = sorted(set(expected.items()) ^ set(found.items()))
+        raise UserError(
+            f"{path} was trained with a different model config ({len(diff)} tensors differ, e.g. {diff[0][0]}); "
+            "resume with the overrides of the original run"
+        )
+
+
 def save_pruned(path: str | os.PathLike, net: torch.nn.Module, cfg: dict, report: dict) -> Path:
     """Save the compact model (whole-module pickle) with its config and prune report, atomically."""
     buffer = io.BytesIO()

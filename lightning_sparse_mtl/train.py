@@ -8,9 +8,11 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_sparse_mtl.checkpoints import check_resume
 from lightning_sparse_mtl.delta_m import delta_m, load_baselines, metric_directions
 from lightning_sparse_mtl.errors import NonFiniteLossError, UserError, exit_on_user_error
 from lightning_sparse_mtl.module import SparseMTLModule, plain_config
@@ -18,6 +20,7 @@ from lightning_sparse_mtl.provenance import git_commit, package_versions
 from lightning_sparse_mtl.results import print_results, write_results
 from lightning_sparse_mtl.sparsity.controller import validate_sparsity_weight
 from lightning_sparse_mtl.sparsity.stats import sparsity_stats
+from lightning_sparse_mtl.wandb_utils import finish_loggers, log_final_tables, log_run_config
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -53,8 +56,42 @@ def check_run_dir(run_dir: Path, resuming: bool) -> None:
         )
 
 
+def fit(trainer: L.Trainer, module: SparseMTLModule, datamodule: L.LightningDataModule, ckpt_path: str | None) -> None:
+    """``trainer.fit``; a NaN/Inf stop names the last good checkpoint."""
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except NonFiniteLossError as err:
+        cb = trainer.checkpoint_callback
+        saved = Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}" if cb and cb.dirpath else None
+        last = str(saved.resolve()) if saved and saved.is_file() else None
+        raise NonFiniteLossError(f"{err}; last good checkpoint: {last or 'none saved yet'}") from None
+
+
+def collect_results(cfg: DictConfig, module: SparseMTLModule, test_metrics: dict, run_dir: Path, start: float) -> dict:
+    """The results.json dict: test metrics (+ delta_m), sparsity, size, provenance, config."""
+    metrics = {k: float(v) for k, v in sorted(test_metrics.items()) if k.startswith("test/") and k != "test/loss"}
+    if cfg.get("baselines"):
+        baselines = load_baselines(OmegaConf.to_container(cfg.baselines))
+        metrics["test/delta_m"] = delta_m(metrics, baselines, metric_directions(module.net.tasks.values()))
+    stats = sparsity_stats(module.sparsity.groups)
+    return {
+        **metrics,
+        "sparsity/group_sparsity": stats["group_sparsity"],
+        "sparsity/weight_sparsity": stats["weight_sparsity"],
+        "params": sum(p.numel() for p in module.net.parameters()),
+        "wall_time_s": time.perf_counter() - start,
+        "lambda": module.sparsity_weight,
+        "seed": cfg.seed,
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "run_dir": str(run_dir.resolve()),
+        "sparsity": stats,
+        "config": plain_config(cfg),
+    }
+
+
 def train(cfg: DictConfig) -> dict:
-    """Fit, test, write ``results.json`` in the run directory; returns the results dict."""
+    """Fit, test, prune (lambda > 0), write ``results.json`` in the run directory; returns the results dict."""
     validate_sparsity_weight(cfg.get("lambda"))
     run_dir = run_dir_of(cfg)
     check_run_dir(run_dir, resuming=cfg.get("ckpt_path") is not None)
@@ -64,51 +101,46 @@ def train(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data)
     for stage in ("fit", "test"):  # build and validate every split before any training starts
         datamodule.setup(stage)
+    if cfg.get("ckpt_path"):
+        check_resume(module, cfg.ckpt_path)
     trainer = build_trainer(cfg, run_dir)
+    log_run_config(trainer, plain_config(cfg))
+    failed = True
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    except NonFiniteLossError as err:
-        last = test_checkpoint(trainer, "last")
-        raise NonFiniteLossError(f"{err}; last good checkpoint: {last or 'none saved yet'}") from None
-    ckpt_path = test_checkpoint(trainer, cfg.get("test_ckpt", "last"))
-    test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0]
-    stats = sparsity_stats(module.sparsity.groups)
-    if cfg.get("baselines"):
-        directions = metric_directions(module.net.tasks.values())
-        test_metrics["test/delta_m"] = delta_m(
-            test_metrics, load_baselines(OmegaConf.to_container(cfg.baselines)), directions
-        )
-    results = {
-        **{k: float(v) for k, v in sorted(test_metrics.items()) if k.startswith("test/") and k != "test/loss"},
-        "sparsity/group_sparsity": stats["group_sparsity"],
-        "sparsity/weight_sparsity": stats["weight_sparsity"],
-        "params": sum(p.numel() for p in module.net.parameters()),
-        "wall_time_s": time.perf_counter() - start,
-        "lambda": module.sparsity_weight,
-        "seed": cfg.seed,
-        "versions": package_versions(),
-        "git_commit": git_commit(),
-        "ckpt_path": ckpt_path,
-        "run_dir": str(run_dir.resolve()),
-        "sparsity": stats,
-        "config": plain_config(cfg),
-    }
-    if trainer.is_global_zero and module.sparsity.active and cfg.prune.after_train:
-        from lightning_sparse_mtl.prune import prune_and_measure
+        fit(trainer, module, datamodule, cfg.get("ckpt_path"))
+        ckpt_path = test_checkpoint(trainer, cfg.get("test_ckpt", "last"))
+        test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0]
+        results = {**collect_results(cfg, module, test_metrics, run_dir, start), "ckpt_path": ckpt_path}
+        if trainer.is_global_zero and module.sparsity.active and cfg.prune.after_train:
+            from lightning_sparse_mtl.prune import prune_and_measure
 
-        figures = prune_and_measure(module, run_dir / "pruned.pt", repeats=cfg.prune.latency_repeats)
-        results.update(figures or {"pruned/channels_removed": 0})
-    if trainer.is_global_zero:
-        write_results(run_dir / "results.json", results)
-        print_results(results, title=f"results ({run_dir})")
+            figures = prune_and_measure(module, run_dir / "pruned.pt", repeats=cfg.prune.latency_repeats)
+            results.update(figures or {"pruned/channels_removed": 0})
+        if trainer.is_global_zero:
+            write_results(run_dir / "results.json", results)
+            print_results(results, title=f"results ({run_dir})")
+            log_final_tables(trainer, results)
+        failed = False
+    finally:
+        finish_loggers(trainer, failed=failed)  # one W&B run per job
     return results
+
+
+def sweep_value(results: dict, key: str | None) -> float | None:
+    """The metric handed back to a Hydra sweeper (``optimized_metric``)."""
+    if not key:
+        return None
+    if key not in results:
+        valid = ", ".join(k for k in results if k.startswith("test/"))
+        raise UserError(f"optimized_metric {key!r} is not in the results; valid: {valid}")
+    return results[key]
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    results = exit_on_user_error(lambda: train(cfg))
-    key = cfg.get("optimized_metric")
-    return results.get(key) if key else None
+    if HydraConfig.get().mode == RunMode.MULTIRUN:  # let Hydra record a failed job and run the others
+        return sweep_value(train(cfg), cfg.get("optimized_metric"))
+    return exit_on_user_error(lambda: sweep_value(train(cfg), cfg.get("optimized_metric")))
 
 
 if __name__ == "__main__":

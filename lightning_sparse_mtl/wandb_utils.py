@@ -1,7 +1,7 @@
 """Weights & Biases glue: one W&B run per Hydra job, one group per multirun, full config, final tables.
 
 ``logger=wandb`` builds :class:`HydraWandbLogger` (a ``WandbLogger`` whose ``group``/``name`` default to the
-multirun sweep dir / the job dir). ``train`` calls :func:`log_run_config` after building the trainer,
+multirun's sweep dir / ``<job num>_<overrides>``). ``train`` calls :func:`log_run_config` after building the trainer,
 :func:`log_final_tables` once ``results`` are known and :func:`finish_loggers` at the very end (also on
 failure), so each job of a multirun closes its own run. Every function is a no-op without a W&B logger.
 """
@@ -143,7 +143,7 @@ def log_final_tables(trainer: L.Trainer, results: Mapping[str, Any]) -> None:
             )
         if pruning:
             payload["final/pruning"] = wandb.Table(columns=["quantity", "dense", "pruned", "ratio"], data=pruning)
-        run.log(payload)
+        run.log({**payload, "trainer/global_step": trainer.global_step})
 
 
 def finish_loggers(trainer: L.Trainer | None, failed: bool = False) -> None:

@@ -335,10 +335,16 @@ def wandb_summary(run_dir: Path, wait_s: float = 0.0) -> dict:
     return info
 
 
+def wandb_env(tmp_path: Path) -> dict[str, str]:
+    """Offline W&B with its cache/data/config folders inside ``tmp_path`` (nothing written to $HOME)."""
+    return {"WANDB_MODE": "offline", **{f"WANDB_{k}_DIR": str(tmp_path / f"wandb_{k.lower()}") for k in
+                                        ("CACHE", "DATA", "CONFIG", "ARTIFACT")}}  # fmt: skip
+
+
 def test_wandb_offline_one_run_per_job(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     args = [*tiny_multirun(tmp_path), "lambda=0,1e-3", "logger=csv_wandb", "callbacks=with_images"]
-    check_ok(run_module("lightning_sparse_mtl.train", *args, f"hydra.sweep.dir={sweep}", env={"WANDB_MODE": "offline"}))
+    check_ok(run_module("lightning_sparse_mtl.train", *args, f"hydra.sweep.dir={sweep}", env=wandb_env(tmp_path)))
     jobs = job_results(sweep)
     assert len(jobs) == 2
     runs = {}
@@ -363,7 +369,8 @@ def test_wandb_offline_one_run_per_job(tmp_path: Path) -> None:
 
 
 def test_wandb_helpers_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WANDB_MODE", "offline")
+    for key, value in wandb_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
     logger = wandb_utils.HydraWandbLogger(save_dir=str(tmp_path), project="p", mode="offline", group="g", name="n")
     trainer = L.Trainer(logger=[CSVLogger(tmp_path), logger], enable_checkpointing=False, enable_progress_bar=False)
     wandb_utils.log_run_config(trainer, {"lambda": 1e-3, "trainer": {"max_epochs": 2}})

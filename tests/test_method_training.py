@@ -1,0 +1,57 @@
+"""The method inside real Lightning training: prox once per optimizer step, weighting strategies that learn."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_sparse_mtl.module import SparseMTLModule
+from lightning_sparse_mtl.sparsity.controller import GroupSparsity
+from lightning_sparse_mtl.train import train
+from lightning_sparse_mtl.weighting import DWAWeighting
+
+SHORT = ["trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "prune.after_train=false"]
+
+
+def test_prox_runs_once_per_real_optimizer_step_under_accumulation(train_cfg, monkeypatch) -> None:
+    calls = []
+    real = GroupSparsity.prox_
+    monkeypatch.setattr(GroupSparsity, "prox_", lambda self, opt, lam: (calls.append(lam), real(self, opt, lam))[1])
+    cfg = train_cfg(*SHORT, "trainer.limit_train_batches=4", "trainer.accumulate_grad_batches=2", "lambda=1e-3")
+    train(cfg)
+    assert calls == [1e-3, 1e-3]  # 4 micro-batches, 2 optimizer steps
+
+
+def test_warmup_epochs_keep_the_first_epoch_dense(train_cfg, monkeypatch) -> None:
+    calls = []
+    real = GroupSparsity.prox_
+    monkeypatch.setattr(GroupSparsity, "prox_", lambda self, opt, lam: (calls.append(lam), real(self, opt, lam))[1])
+    cfg = train_cfg(*SHORT, "trainer.limit_train_batches=2", "trainer.max_epochs=2", "lambda=1e-3",
+                    "sparsity.warmup_epochs=1")  # fmt: skip
+    train(cfg)
+    assert calls == [0.0, 0.0, 1e-3, 1e-3]
+
+
+def test_uncertainty_weights_are_learned(train_cfg) -> None:
+    cfg = train_cfg(*SHORT, "trainer.limit_train_batches=3", "weighting=uncertainty")
+    module = SparseMTLModule(cfg)
+    before = {t: float(v) for t, v in module.weighting.log_vars.items()}
+    assert before == {"seg": 0.0, "depth": 0.0, "normal": 0.0}
+    results = train(cfg)
+    ckpt = torch.load(results["ckpt_path"], weights_only=False)["state_dict"]
+    after = {t: float(ckpt[f"weighting.log_vars.{t}"]) for t in before}
+    assert all(after[t] != 0.0 for t in after)  # optimised with the model
+
+
+def test_dwa_weights_follow_loss_ratios() -> None:
+    dwa = DWAWeighting(["a", "b"], temperature=2.0)
+    dwa.on_epoch_end({"a": 1.0, "b": 1.0})
+    assert dwa.current_weights() == {"a": 1.0, "b": 1.0}  # needs two epochs of history
+    dwa.on_epoch_end({"a": 0.5, "b": 1.0})  # a improved, b did not -> b weighs more
+    ra, rb = 0.5, 1.0
+    ea, eb = torch.exp(torch.tensor(ra / 2)), torch.exp(torch.tensor(rb / 2))
+    w = dwa.current_weights()
+    assert w["a"] == pytest.approx(float(2 * ea / (ea + eb)))
+    assert w["b"] == pytest.approx(float(2 * eb / (ea + eb)))
+    total = dwa({"a": torch.tensor(2.0), "b": torch.tensor(3.0)})
+    assert float(total) == pytest.approx(2 * w["a"] + 3 * w["b"])
