@@ -283,6 +283,7 @@ def test_celeba_samples_mapping_attributes_and_splits(tmp_path: Path) -> None:
         ("range", "val/image/0.npy has values in .*divide by 255"),
         ("classes", "val/label/0.npy has class id 13"),
         ("size", "val/normal/0.npy is \\(36, 40\\) pixels"),
+        ("nan", "val/depth/0.npy contains NaN/Inf; mark invalid pixels with 0"),
     ],
 )
 def test_nyuv2_bad_data(tmp_path: Path, case: str, expect: str) -> None:
@@ -308,6 +309,10 @@ def test_nyuv2_bad_data(tmp_path: Path, case: str, expect: str) -> None:
         np.save(root / "val" / "label" / "0.npy", np.full((36, 48), 13.0, np.float32))
     elif case == "size":
         np.save(root / "val" / "normal" / "0.npy", np.zeros((36, 40, 3), np.float32))
+    elif case == "nan":
+        depth = np.ones((36, 48, 1), np.float32)
+        depth[3, 4] = np.nan
+        np.save(root / "val" / "depth" / "0.npy", depth)
     with pytest.raises(UserError, match=expect) as err:
         NYUv2(split, root)
     assert "\n" not in str(err.value)

@@ -11,14 +11,16 @@ oriented toward the camera (n . d < 0, hence n_z < 0).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from lightning_sparse_mtl.results import atomic_write_bytes
 
 NUM_CLASSES = 11  # background + 10 digits
 SPLITS = ("train", "val", "test")
@@ -273,16 +275,9 @@ def load_digit_scenes(
     scene_seed = int(np.random.SeedSequence([seed, split_idx]).generate_state(1)[0])
     compact = _render_compact(digits[pool], labels[pool], num_scenes, image_size, tuple(cards), scene_seed)
     compact["digit_ids"] = np.where(compact["digit_ids"] >= 0, pool[np.maximum(compact["digit_ids"], 0)], -1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **compact)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **compact)
+    atomic_write_bytes(path, buffer.getvalue())
     return _expand(compact)
 
 

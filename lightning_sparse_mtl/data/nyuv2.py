@@ -62,6 +62,8 @@ def _expect(arr: np.ndarray, path: Path, ok: bool, expected: str) -> None:
         raise UserError(f"{path} has shape {tuple(arr.shape)} dtype {arr.dtype}; expected {expected}")
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise UserError(f"{path} has dtype {arr.dtype}; expected a float or integer array")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise UserError(f"{path} contains NaN/Inf; mark invalid pixels with 0 (depth, normals) or -1 (labels)")
 
 
 def to_image(arr: np.ndarray, path: Path) -> torch.Tensor:
@@ -73,22 +75,22 @@ def to_image(arr: np.ndarray, path: Path) -> torch.Tensor:
 def to_seg(arr: np.ndarray, path: Path) -> torch.Tensor:
     """(H, W) class ids as float or int, negative = ignore -> (H, W) int64 with -1 = ignore."""
     _expect(arr, path, arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 1), "(H, W) class ids, -1 = ignore")
-    seg = np.rint(np.nan_to_num(arr.reshape(arr.shape[:2]), nan=-1.0)).astype(np.int64)
+    seg = np.rint(arr.reshape(arr.shape[:2])).astype(np.int64)
     seg[seg < 0] = -1
     return torch.from_numpy(seg)
 
 
 def to_scalar_map(arr: np.ndarray, path: Path) -> torch.Tensor:
-    """(H, W, 1) or (H, W) depth/disparity, 0 = invalid (NaN -> 0) -> (1, H, W) float32."""
+    """(H, W, 1) or (H, W) depth/disparity, 0 = invalid -> (1, H, W) float32."""
     _expect(arr, path, arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 1), "(H, W, 1) or (H, W), 0 = invalid")
-    out = np.nan_to_num(arr.reshape(1, *arr.shape[:2]).astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    out = arr.reshape(1, *arr.shape[:2]).astype(np.float32)
     return torch.from_numpy(out)
 
 
 def to_normal(arr: np.ndarray, path: Path) -> torch.Tensor:
     """(H, W, 3) unit normals, all-zero = invalid -> (3, H, W) float32."""
     _expect(arr, path, arr.ndim == 3 and arr.shape[-1] == 3, "(H, W, 3) unit normals, all-zero = invalid")
-    out = np.nan_to_num(arr.transpose(2, 0, 1).astype(np.float32), nan=0.0)
+    out = arr.transpose(2, 0, 1).astype(np.float32)
     return torch.from_numpy(np.ascontiguousarray(out))
 
 
