@@ -84,7 +84,7 @@ class SparseMTLModule(L.LightningModule):
         self.metrics = nn.ModuleDict(
             {s: nn.ModuleDict({t: spec.make_metric() for t, spec in self.net.tasks.items()}) for s in STAGES}
         )
-        self._loss_sums: dict[str, float] = {}
+        self._loss_sums: dict[str, torch.Tensor | float] = {}
         self._loss_count = 0
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -108,7 +108,7 @@ class SparseMTLModule(L.LightningModule):
         self.log_dict({f"train/{t}/loss": v.detach() for t, v in losses.items()}, batch_size=bs)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
         for t, v in losses.items():
-            self._loss_sums[t] = self._loss_sums.get(t, 0.0) + float(v.detach())
+            self._loss_sums[t] = self._loss_sums.get(t, 0.0) + v.detach()  # no host sync per step
         self._loss_count += 1
         return loss
 
@@ -126,7 +126,7 @@ class SparseMTLModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         if self._loss_count:
-            self.weighting.on_epoch_end({t: s / self._loss_count for t, s in self._loss_sums.items()})
+            self.weighting.on_epoch_end({t: float(s) / self._loss_count for t, s in self._loss_sums.items()})
         self._loss_sums, self._loss_count = {}, 0
         for t, w in self.weighting.current_weights().items():
             self.log(f"train/{t}/weight", w)
