@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
-TORCH_SPEC ?= torch>=2.3 torchvision>=0.18
+TORCH_SPEC ?= 'torch>=2.3' 'torchvision>=0.18'
 PYTEST_ARGS ?=
 
 .PHONY: help install train test test-slow lint format bench clean
@@ -13,7 +13,6 @@ help:  ## list the targets
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_SPEC)
 	$(PIP) install -q -e '.[dev]'
 	touch $(STAMP)
