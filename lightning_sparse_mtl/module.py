@@ -115,8 +115,8 @@ class SparseMTLModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """The penalty lambda*Omega enters here as its exact gradient (grads are unscaled and accumulated by now)."""
         lam = self.sparsity.weight_at(self.current_epoch)
-        if lam > 0 and self.sparsity.penalty_in_loss:
-            value = self.sparsity.add_penalty_grad_(lam)
+        if lam > 0:
+            value = self.sparsity.before_step_(lam)
             if not math.isfinite(value):
                 raise NonFiniteLossError(
                     f"non-finite sparsity penalty at step {self.global_step} (epoch {self.current_epoch}); "

@@ -132,12 +132,13 @@ def test_frozen_groups_stay_zero_through_adam_steps(prox: str) -> None:
     with torch.no_grad():
         groups[0].weight[:, 1] = 0
         groups[1].weight[:, 4] = 0
-    sparsity.frozen(0)[1] = True
-    sparsity.frozen(1)[4] = True
+    sparsity.prox_(opt, 1e-3)  # the prox sees the zero groups: freezes them and clears their optimizer state
+    assert sparsity.frozen(0)[1] and sparsity.frozen(1)[4]
     for _ in range(5):
         opt.zero_grad()
         net(torch.randn(4, 3, 8, 8)).square().mean().backward()
         assert groups[0].weight.grad[:, 1].abs().sum() > 0  # gradients push the frozen group
+        sparsity.before_step_(1e-3)  # what the module does before every real optimizer step
         opt.step()
         assert torch.count_nonzero(groups[0].weight[:, 1]) == 0
         assert torch.count_nonzero(groups[1].weight[:, 4]) == 0

@@ -67,6 +67,7 @@ class GroupSparsity(nn.Module):
         # group norms left by the last prox, keyed by layer, with the weight's version counter at that time:
         # valid while the weight is untouched, so the next penalty gradient needs no extra norm pass.
         self._norms: dict[int, tuple[int, torch.Tensor]] = {}
+        self._frozen_idx: dict[int, torch.Tensor] = {}  # indices of frozen groups, refreshed when they change
 
     @property
     def active(self) -> bool:
@@ -82,6 +83,21 @@ class GroupSparsity(nn.Module):
         if self.schedule == "linear" and self.ramp_epochs > 0:
             return self.sparsity_weight * min(1.0, (epoch - self.warmup_epochs + 1) / self.ramp_epochs)
         return self.sparsity_weight
+
+    @torch.no_grad()
+    def before_step_(self, lam: float) -> float:
+        """Before a real optimizer step: zero the gradients of frozen groups (so the weights and the optimizer
+        state of those groups stay exactly zero through the step), then add the penalty gradient. Returns lam*Omega.
+        """
+        if lam <= 0:
+            return 0.0
+        if not self.revive:
+            for i, g in enumerate(self.groups):
+                if i not in self._frozen_idx:  # after a change or a restore from a checkpoint
+                    self._frozen_idx[i] = self.frozen(i).nonzero().flatten()
+                if self._frozen_idx[i].numel() and g.weight.grad is not None:
+                    g.weight.grad.index_fill_(1, self._frozen_idx[i], 0.0)
+        return self.add_penalty_grad_(lam)
 
     def add_penalty_grad_(self, lam: float) -> float:
         """Add lam * dOmega/dW to the grads (when penalty_in_loss); returns lam * Omega for logging."""
@@ -114,10 +130,12 @@ class GroupSparsity(nn.Module):
                 norms = soft_threshold_(w, 0.0, frozen)
             self._norms[i] = (w._version, norms)
             zero = norms == 0
-            if not self.revive:
-                frozen |= zero
-            if zero.any():
-                _zero_optimizer_state_(optimizer, w, zero)
+            fresh = zero if self.revive else zero & ~frozen
+            if fresh.any():  # groups zeroed by this step: clear their optimizer state once
+                _zero_optimizer_state_(optimizer, w, fresh)
+                if not self.revive:
+                    frozen |= zero
+                self._frozen_idx.pop(i, None)
 
 
 def _param_group(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict:
