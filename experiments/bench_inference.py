@@ -81,7 +81,7 @@ def main() -> None:
         pct = sparsity_stats(module.sparsity.groups)["group_sparsity"]
         label = f"{module.cfg['model']['encoder']} OS{module.cfg['model']['output_stride']} / {pct:.0f}% trained"
         table.add_row(*measure(label, module.net, input_size_of(module.cfg), args))
-    Console().print(table)
+    Console(width=200).print(table)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def main() -> None:
                   f"{100 * statistics.median(sparse) / step_s:.1f}")  # fmt: skip
     for name, sec in components.items():
         table.add_row(name, f"{1e3 * sec:.2f}", f"{100 * sec / step_s:.2f}")
-    Console().print(table)
+    Console(width=200).print(table)
     per_step = components["penalty gradient"] + components[f"prox ({args.prox}) + freeze"]
     print(f"per-step overhead (penalty + prox) = {100 * per_step / step_s:.2f}% of the step (goal <= 1%)")
 

@@ -109,7 +109,7 @@ def main() -> None:
     table.add_column("all rounds", justify="right")
     for name, vals in runs.items():
         table.add_row(name, f"{statistics.median(vals):.4f}", ", ".join(f"{v:.4f}" for v in vals))
-    Console().print(table)
+    Console(width=200).print(table)
     print(f"throughput ratio lightning/bare = {bare / light:.3f} (goal >= 0.95)")
 
 

@@ -82,4 +82,4 @@ def print_layer_table(stats: dict) -> None:
         table.add_column(col, justify="left" if col == "layer" else "right")
     for name, layer in stats["layers"].items():
         table.add_row(name, str(layer["groups"]), str(layer["zero_groups"]), f"{layer['group_sparsity']:.1f}")
-    Console().print(table)
+    Console(width=200).print(table)

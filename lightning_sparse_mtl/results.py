@@ -68,4 +68,4 @@ def print_results(results: Mapping[str, Any], title: str = "results") -> None:
             "test", "sparsity", "pruned", "params", "wall_time_s",
         ):  # fmt: skip
             table.add_row(key, f"{value:.4g}" if isinstance(value, float) else f"{value:,}")
-    Console().print(table)
+    Console(width=200).print(table)
