@@ -104,3 +104,16 @@ def test_bad_input_is_one_line_error(override: str, message: str, tmp_path: Path
     assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (Path(CONFIG_DIR) / "sparsity").glob("*.yaml")))
+def test_every_sparsity_preset_builds_a_module(preset: str, train_cfg) -> None:
+    module = SparseMTLModule(train_cfg(f"sparsity={preset}", "lambda=1e-4"))
+    expected = {"none": "none", "prox": "plain", "adam_prox": "adam", "paper": "adam"}[preset]
+    assert module.sparsity.prox == expected
+    assert (
+        len(module.sparsity.groups) == 19
+    )  # resnet18 has 20 convs (incl. 3 downsample); the 7x7 image conv is not grouped
+    optimizer = module.configure_optimizers()
+    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+    assert optimizer.param_groups[0]["lr"] == (1e-4 if preset == "paper" else 2e-3)
