@@ -78,6 +78,7 @@ def run_train(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
                           text=True, timeout=600, env=env, cwd=run_dir.parent)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     straight = run_train(tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr[-2000:]

@@ -463,6 +463,7 @@ def state_digest(grouped: dict[str, torch.Tensor], params: dict[str, torch.Tenso
     }
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_single_process(tmp_path: Path) -> None:
     """2-process DDP on CPU (gloo): train with a strong λ, then
     (1) every rank ends with bit-identical parameters, hence the same zero pattern: DDP all-reduces (averages)
