@@ -112,9 +112,14 @@ class GroupSparsity(nn.Module):
         """Proximal step after a real optimizer step, then freeze zero groups (weights and optimizer state)."""
         if lam <= 0:
             return
+        groups_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
         for i, g in enumerate(self.groups):
             w, frozen = g.weight, self.frozen(i)
-            group = _param_group(optimizer, w)
+            group = groups_of.get(id(w))
+            if group is None:
+                raise UserError(
+                    "a grouped encoder weight is not in the optimizer; do not freeze the encoder when lambda > 0"
+                )
             tau = group["lr"] * lam * g.sqrt_p
             if self.prox == "adam":
                 d = _adam_metric(optimizer, group, w)
@@ -136,13 +141,6 @@ class GroupSparsity(nn.Module):
                 if not self.revive:
                     frozen |= zero
                 self._frozen_idx.pop(i, None)
-
-
-def _param_group(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict:
-    for group in optimizer.param_groups:
-        if any(p is param for p in group["params"]):
-            return group
-    raise UserError("a grouped encoder weight is not in the optimizer; do not freeze the encoder when lambda > 0")
 
 
 def _adam_metric(optimizer: torch.optim.Optimizer, group: dict, param: torch.Tensor) -> torch.Tensor | None:

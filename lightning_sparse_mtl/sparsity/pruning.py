@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torch_pruning import ops
 
-from lightning_sparse_mtl.sparsity.measure import count_params
+from lightning_sparse_mtl.sparsity.measure import _call, count_params
 
 OPTYPE = ops.OPTYPE
 # Ops that carry channel c to channel c (or re-index it exactly): they never block a channel.
@@ -53,10 +53,6 @@ class PruneReport:
         d = asdict(self)
         d["total_channels_removed"] = int(sum(self.channels_removed.values()))
         return d
-
-
-def _call(model: nn.Module, example_inputs: Any) -> Any:
-    return model(*example_inputs) if isinstance(example_inputs, (tuple, list)) else model(example_inputs)
 
 
 def _flatten(out: Any) -> list[torch.Tensor]:
