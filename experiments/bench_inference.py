@@ -17,12 +17,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from lightning_sparse_mtl.deploy.compact import input_size_of, latency_table
+from lightning_sparse_mtl.deploy.measure import count_macs
 from lightning_sparse_mtl.models.net import MultiTaskNet
-from lightning_sparse_mtl.prune import input_size_of, latency_table
+from lightning_sparse_mtl.mtl.tasks import build_tasks
 from lightning_sparse_mtl.sparsity.groups import find_conv_groups
-from lightning_sparse_mtl.sparsity.measure import count_macs
 from lightning_sparse_mtl.sparsity.pruning import prune_zero_channels
-from lightning_sparse_mtl.tasks import build_tasks
 
 MODELS = [("resnet18", 32), ("resnet34", 32), ("resnet50", 32), ("resnet50", 8)]
 
@@ -74,7 +74,7 @@ def main() -> None:
             zero_random_groups(net, fraction)
             table.add_row(*measure(f"{encoder} OS{os_} / {fraction:.0%} random", net, size, args))
     if args.ckpt:
-        from lightning_sparse_mtl.checkpoints import load_module
+        from lightning_sparse_mtl.runs.checkpoints import load_module
         from lightning_sparse_mtl.sparsity.stats import sparsity_stats
 
         module = load_module(args.ckpt)

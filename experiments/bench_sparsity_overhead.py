@@ -18,10 +18,10 @@ from rich.console import Console
 from rich.table import Table
 
 from lightning_sparse_mtl.models.net import MultiTaskNet
+from lightning_sparse_mtl.mtl.tasks import build_tasks
 from lightning_sparse_mtl.sparsity.controller import GroupSparsity
 from lightning_sparse_mtl.sparsity.groups import find_conv_groups
 from lightning_sparse_mtl.sparsity.stats import sparsity_stats
-from lightning_sparse_mtl.tasks import build_tasks
 
 
 def make(encoder: str, prox: str, lam: float):

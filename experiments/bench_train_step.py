@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_sparse_mtl.module import SparseMTLModule
-from lightning_sparse_mtl.train import CONFIG_DIR
+from lightning_sparse_mtl.runs.configs import CONFIG_DIR
+from lightning_sparse_mtl.training.module import SparseMTLModule
 
 
 class FixedBatches(Dataset):

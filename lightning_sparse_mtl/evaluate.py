@@ -15,10 +15,10 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from lightning_sparse_mtl.checkpoints import load_any
-from lightning_sparse_mtl.errors import exit_on_user_error
-from lightning_sparse_mtl.results import print_results, to_jsonable, write_results
-from lightning_sparse_mtl.train import CONFIG_DIR
+from lightning_sparse_mtl.runs.checkpoints import load_any
+from lightning_sparse_mtl.runs.configs import CONFIG_DIR
+from lightning_sparse_mtl.runs.errors import exit_on_user_error
+from lightning_sparse_mtl.runs.results import print_results, to_jsonable, write_results
 
 
 def evaluate(

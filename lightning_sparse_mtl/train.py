@@ -12,20 +12,20 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_sparse_mtl.checkpoints import check_resume
-from lightning_sparse_mtl.delta_m import delta_m, load_baselines, metric_directions
-from lightning_sparse_mtl.errors import NonFiniteLossError, UserError, exit_on_user_error
-from lightning_sparse_mtl.module import SparseMTLModule, plain_config
-from lightning_sparse_mtl.provenance import git_commit, package_versions
-from lightning_sparse_mtl.results import print_results, write_results
+from lightning_sparse_mtl.deploy.compact import prune_and_measure
+from lightning_sparse_mtl.mtl.delta_m import delta_m, load_baselines, metric_directions
+from lightning_sparse_mtl.reporting.wandb_log import finish_loggers, log_final_tables, log_run_config
+from lightning_sparse_mtl.runs.checkpoints import check_resume
+from lightning_sparse_mtl.runs.configs import CONFIG_DIR, plain_config
+from lightning_sparse_mtl.runs.errors import NonFiniteLossError, UserError, exit_on_user_error
+from lightning_sparse_mtl.runs.provenance import git_commit, package_versions
+from lightning_sparse_mtl.runs.results import print_results, write_results
 from lightning_sparse_mtl.sparsity.controller import validate_sparsity_weight
 from lightning_sparse_mtl.sparsity.stats import sparsity_stats
-from lightning_sparse_mtl.wandb_utils import finish_loggers, log_final_tables, log_run_config
-
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+from lightning_sparse_mtl.training.module import SparseMTLModule
 
 
-def run_dir_of(cfg: DictConfig) -> Path:
+def current_run_dir() -> Path:
     """The Hydra run directory (or the current directory outside Hydra)."""
     return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
 
@@ -36,7 +36,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir))
 
 
-def test_checkpoint(trainer: L.Trainer, which: str) -> str | None:
+def checkpoint_to_test(trainer: L.Trainer, which: str) -> str | None:
     """Absolute path of the checkpoint to test (``last`` or ``best``), None if nothing was saved."""
     ckpt_cb = trainer.checkpoint_callback
     if ckpt_cb is None:
@@ -93,7 +93,7 @@ def collect_results(cfg: DictConfig, module: SparseMTLModule, test_metrics: dict
 def train(cfg: DictConfig) -> dict:
     """Fit, test, prune (lambda > 0), write ``results.json`` in the run directory; returns the results dict."""
     validate_sparsity_weight(cfg.get("lambda"))
-    run_dir = run_dir_of(cfg)
+    run_dir = current_run_dir()
     check_run_dir(run_dir, resuming=cfg.get("ckpt_path") is not None)
     L.seed_everything(cfg.seed, workers=True)
     start = time.perf_counter()
@@ -108,12 +108,10 @@ def train(cfg: DictConfig) -> dict:
     failed = True
     try:
         fit(trainer, module, datamodule, cfg.get("ckpt_path"))
-        ckpt_path = test_checkpoint(trainer, cfg.get("test_ckpt", "last"))
+        ckpt_path = checkpoint_to_test(trainer, cfg.get("test_ckpt", "last"))
         test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0]
         results = {**collect_results(cfg, module, test_metrics, run_dir, start), "ckpt_path": ckpt_path}
         if trainer.is_global_zero and module.sparsity.active and cfg.prune.after_train:
-            from lightning_sparse_mtl.prune import prune_and_measure
-
             figures = prune_and_measure(module, run_dir / "pruned.pt", repeats=cfg.prune.latency_repeats)
             results.update(figures or {"pruned/channels_removed": 0})
         if trainer.is_global_zero:

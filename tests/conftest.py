@@ -12,7 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from lightning_sparse_mtl.train import CONFIG_DIR
+from lightning_sparse_mtl.runs.configs import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 

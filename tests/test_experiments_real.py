@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.datasets import make_celeba, make_cityscapes, make_nyuv2
 from hydra.utils import instantiate
-from test_datasets import make_celeba, make_cityscapes, make_nyuv2
 
-from lightning_sparse_mtl.errors import UserError
+from lightning_sparse_mtl.runs.errors import UserError
 from lightning_sparse_mtl.train import train
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_sparse_mtl.module import SparseMTLModule
+from lightning_sparse_mtl.mtl.weighting import DWAWeighting
 from lightning_sparse_mtl.sparsity.controller import GroupSparsity
 from lightning_sparse_mtl.train import train
-from lightning_sparse_mtl.weighting import DWAWeighting
+from lightning_sparse_mtl.training.module import SparseMTLModule
 
 SHORT = ["trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "prune.after_train=false"]
 

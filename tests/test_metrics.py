@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lightning_sparse_mtl.metrics import BinaryAttributeMetrics, DepthMetrics, NormalMetrics, SegmentationMetrics
+from lightning_sparse_mtl.mtl.metrics import BinaryAttributeMetrics, DepthMetrics, NormalMetrics, SegmentationMetrics
 
 
 def one_hot_logits(pred: torch.Tensor, num_classes: int) -> torch.Tensor:

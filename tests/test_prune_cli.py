@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_sparse_mtl.checkpoints import load_pruned
 from lightning_sparse_mtl.evaluate import evaluate
 from lightning_sparse_mtl.prune import prune_checkpoint
+from lightning_sparse_mtl.runs.checkpoints import load_pruned
 from lightning_sparse_mtl.sparsity.groups import group_norms
 from lightning_sparse_mtl.train import train
 
@@ -128,7 +128,7 @@ def test_bad_checkpoint_is_one_line_error(make, message: str, tmp_path: Path) ->
 
 def test_zero_groups_in_checkpoint_are_exact(dense_run: Path, tmp_path: Path) -> None:
     ckpt = sparsify_checkpoint(dense_run, tmp_path / "run")
-    from lightning_sparse_mtl.checkpoints import load_module
+    from lightning_sparse_mtl.runs.checkpoints import load_module
 
     module = load_module(ckpt)
     zero = sum(int((group_norms(g.weight) == 0).sum()) for g in module.sparsity.groups)

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.encoders import get_encoder
 from torch import nn
 
+from lightning_sparse_mtl.deploy.measure import count_macs, count_params, measure_latency
 from lightning_sparse_mtl.sparsity import pruning
-from lightning_sparse_mtl.sparsity.measure import count_macs, count_params, measure_latency
 from lightning_sparse_mtl.sparsity.pruning import PruneReport, prune_zero_channels, removable_channels
 
 TASKS = {"seg": 11, "depth": 1, "normal": 3}

@@ -15,8 +15,8 @@ import pytest
 import torch
 from conftest import ROOT, TINY
 
-from lightning_sparse_mtl import tasks as tasks_module
-from lightning_sparse_mtl.errors import NonFiniteLossError, UserError
+from lightning_sparse_mtl.mtl import tasks as tasks_module
+from lightning_sparse_mtl.runs.errors import NonFiniteLossError, UserError
 from lightning_sparse_mtl.sparsity import controller
 from lightning_sparse_mtl.train import train
 

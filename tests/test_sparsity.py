@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_sparse_mtl.errors import UserError
+from lightning_sparse_mtl.runs.errors import UserError
 from lightning_sparse_mtl.sparsity.controller import GroupSparsity, validate_sparsity_weight
 from lightning_sparse_mtl.sparsity.groups import find_conv_groups, group_norms
 from lightning_sparse_mtl.sparsity.penalty import add_penalty_grad_, group_penalty

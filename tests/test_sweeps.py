@@ -24,8 +24,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
 
-from lightning_sparse_mtl import report, wandb_utils
-from lightning_sparse_mtl.media import (
+from lightning_sparse_mtl.reporting import aggregate as report
+from lightning_sparse_mtl.reporting import wandb_log as wandb_utils
+from lightning_sparse_mtl.reporting.media import (
     PredictionImages,
     depth_to_rgb,
     normals_to_rgb,
@@ -33,9 +34,9 @@ from lightning_sparse_mtl.media import (
     sample_panels,
     seg_to_rgb,
 )
-from lightning_sparse_mtl.module import SparseMTLModule
+from lightning_sparse_mtl.runs.configs import CONFIG_DIR
 from lightning_sparse_mtl.sparsity.groups import group_norms
-from lightning_sparse_mtl.train import CONFIG_DIR
+from lightning_sparse_mtl.training.module import SparseMTLModule
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]

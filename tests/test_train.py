@@ -12,8 +12,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from lightning_sparse_mtl.module import SparseMTLModule
-from lightning_sparse_mtl.train import CONFIG_DIR, train
+from lightning_sparse_mtl.runs.configs import CONFIG_DIR
+from lightning_sparse_mtl.train import train
+from lightning_sparse_mtl.training.module import SparseMTLModule
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 SHORT = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]

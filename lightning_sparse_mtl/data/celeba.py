@@ -33,7 +33,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from lightning_sparse_mtl.data.nyuv2 import check_split
-from lightning_sparse_mtl.errors import UserError
+from lightning_sparse_mtl.runs.errors import UserError
 
 IMAGE_DIR, MASK_DIR, ATTR_FILE = "CelebA-HQ-img", "CelebAMask-HQ-mask-anno", "CelebAMask-HQ-attribute-anno.txt"
 PARTS = (

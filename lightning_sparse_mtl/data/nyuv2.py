@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lightning_sparse_mtl.errors import UserError
+from lightning_sparse_mtl.runs.errors import UserError
 
 SPLITS = ("train", "val", "test")
 NYU_NUM_CLASSES = 13

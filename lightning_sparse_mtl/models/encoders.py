@@ -9,7 +9,7 @@ from segmentation_models_pytorch.encoders import encoders as SMP_ENCODERS
 from segmentation_models_pytorch.encoders import get_encoder
 from torch import nn
 
-from lightning_sparse_mtl.errors import UserError, unknown_name
+from lightning_sparse_mtl.runs.errors import UserError, unknown_name
 
 OUTPUT_STRIDES = (8, 16, 32)
 

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_sparse_mtl.errors import unknown_name
 from lightning_sparse_mtl.models.encoders import build_encoder
 from lightning_sparse_mtl.models.heads import DENSE_HEADS, PoolHead
-from lightning_sparse_mtl.tasks import TaskSpec
+from lightning_sparse_mtl.mtl.tasks import TaskSpec
+from lightning_sparse_mtl.runs.errors import unknown_name
 
 
 class MultiTaskNet(nn.Module):

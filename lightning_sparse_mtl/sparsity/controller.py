@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lightning_sparse_mtl.errors import UserError, unknown_name
+from lightning_sparse_mtl.runs.errors import UserError, unknown_name
 from lightning_sparse_mtl.sparsity.groups import ConvGroup
 from lightning_sparse_mtl.sparsity.penalty import add_penalty_grad_
 from lightning_sparse_mtl.sparsity.prox import adam_soft_threshold_, soft_threshold_

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torch_pruning import ops
 
-from lightning_sparse_mtl.sparsity.measure import _call, count_params
+from lightning_sparse_mtl.deploy.measure import _call, count_params
 
 OPTYPE = ops.OPTYPE
 # Ops that carry channel c to channel c (or re-index it exactly): they never block a channel.

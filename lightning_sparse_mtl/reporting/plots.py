@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from lightning_sparse_mtl.errors import UserError
-from lightning_sparse_mtl.tasks import build_task
+from lightning_sparse_mtl.mtl.tasks import build_task
+from lightning_sparse_mtl.runs.errors import UserError
 
 Rows = Sequence[Mapping[str, Any]]
 LATENCY_SERIES = (  # (row column, legend label)

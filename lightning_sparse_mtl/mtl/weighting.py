@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from lightning_sparse_mtl.errors import UserError, unknown_name
+from lightning_sparse_mtl.runs.errors import UserError, unknown_name
 
 
 class FixedWeighting(nn.Module):

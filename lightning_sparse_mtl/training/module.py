@@ -11,44 +11,18 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import Container, DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from lightning_sparse_mtl.errors import NonFiniteLossError
 from lightning_sparse_mtl.models.net import MultiTaskNet
+from lightning_sparse_mtl.mtl.tasks import build_tasks
+from lightning_sparse_mtl.mtl.weighting import build_weighting
+from lightning_sparse_mtl.runs.configs import MODULE_KEYS, plain_config
+from lightning_sparse_mtl.runs.errors import NonFiniteLossError
 from lightning_sparse_mtl.sparsity.controller import GroupSparsity, validate_sparsity_weight
 from lightning_sparse_mtl.sparsity.groups import find_conv_groups
-from lightning_sparse_mtl.tasks import build_tasks
-from lightning_sparse_mtl.weighting import build_weighting
 
 STAGES = ("val", "test")
-
-
-# The parts of the train config that define the model and its training (what checkpoints store).
-MODULE_KEYS = (
-    "lambda",
-    "seed",
-    "tasks",
-    "task_weights",
-    "data",
-    "model",
-    "sparsity",
-    "weighting",
-    "optimizer",
-    "scheduler",
-)
-
-
-def plain_config(cfg: Mapping | DictConfig, keys: tuple[str, ...] | None = None) -> dict:
-    """A resolved, plain-dict copy of ``cfg`` (only ``keys`` when given; the ``hydra`` node is dropped)."""
-    if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.create(dict(cfg))
-    out = {}
-    for key in keys or list(cfg.keys()):
-        if key in cfg and key != "hydra":
-            node = cfg._get_node(key)
-            out[key] = OmegaConf.to_container(node, resolve=True) if isinstance(node, Container) else cfg[key]
-    return out
 
 
 def build_net(cfg: Mapping) -> MultiTaskNet:
@@ -185,6 +159,6 @@ class SparseMTLModule(L.LightningModule):
             random.setstate(states["python"])
 
     def configure_callbacks(self) -> list[L.Callback]:
-        from lightning_sparse_mtl.callbacks import ChannelZeroing, SparsityLogger
+        from lightning_sparse_mtl.training.callbacks import ChannelZeroing, SparsityLogger
 
         return [ChannelZeroing(), SparsityLogger()] if self.sparsity.active else [SparsityLogger()]

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from lightning_sparse_mtl.errors import UserError
-from lightning_sparse_mtl.results import atomic_write_bytes
+from lightning_sparse_mtl.runs.atomic_io import atomic_write_bytes
+from lightning_sparse_mtl.runs.errors import UserError
 
 PRUNED_FORMAT = "lightning_sparse_mtl.pruned/1"
 
@@ -35,7 +35,7 @@ def is_pruned_file(obj: Any) -> bool:
 
 def load_module(path: str | os.PathLike):
     """A SparseMTLModule restored from a Lightning checkpoint of this project (weights, config, sparsity masks)."""
-    from lightning_sparse_mtl.module import SparseMTLModule
+    from lightning_sparse_mtl.training.module import SparseMTLModule
 
     ckpt = _torch_load(path)
     cfg = ckpt.get("hyper_parameters", {}).get("cfg") if isinstance(ckpt, dict) else None
@@ -84,7 +84,7 @@ def load_pruned(path: str | os.PathLike) -> dict:
 
 def load_any(path: str | os.PathLike):
     """A SparseMTLModule from a training checkpoint or a pruned model file (its net is then the compact one)."""
-    from lightning_sparse_mtl.module import SparseMTLModule
+    from lightning_sparse_mtl.training.module import SparseMTLModule
 
     obj = _torch_load(path)
     if is_pruned_file(obj):

@@ -1,0 +1,242 @@
+"""Sweep report: ``python -m lightning_sparse_mtl.report <multirun dir> [--out DIR]``.
+
+Reads each job's ``results.json`` (a job dir = a folder with ``.hydra/`` or ``results.json``, found recursively)
+and writes ``report.csv``, ``report.md`` and the plots ``tradeoff.png``, ``layer_sparsity.png`` and
+``latency.png`` (see :mod:`lightning_sparse_mtl.reporting.plots`). Job dirs without ``results.json`` (or with an
+unreadable one) are failed runs: listed in the Markdown and on stdout, never dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightning_sparse_mtl.mtl.delta_m import is_metric_key
+from lightning_sparse_mtl.reporting.plots import make_plots
+from lightning_sparse_mtl.runs.atomic_io import atomic_write_text
+from lightning_sparse_mtl.runs.errors import UserError, exit_on_user_error
+
+RESULTS = "results.json"
+SKIP_DIRS = {"wandb", "checkpoints", "csv", "predictions", "__pycache__"}
+# (column, results.json key(s), first present wins)
+FIXED_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("lambda", ("lambda",)),
+    ("seed", ("seed",)),
+    ("group_sparsity_%", ("sparsity/group_sparsity",)),
+    ("weight_sparsity_%", ("sparsity/weight_sparsity",)),
+    ("params", ("params", "dense/params")),
+    ("pruned_params", ("pruned/params",)),
+    ("macs", ("pruned/macs", "dense/macs")),  # of the deployed (pruned when pruned) model
+    ("dense_macs", ("dense/macs",)),
+    ("pruned_macs", ("pruned/macs",)),
+    ("macs_ratio", ("pruned/macs_ratio",)),
+    ("dense_latency_b1_ms", ("dense/latency_b1_ms",)),
+    ("pruned_latency_b1_ms", ("pruned/latency_b1_ms",)),
+    ("speedup_b1", ("pruned/speedup_b1",)),
+    ("dense_latency_b8_ms", ("dense/latency_b8_ms",)),
+    ("pruned_latency_b8_ms", ("pruned/latency_b8_ms",)),
+    ("speedup_b8", ("pruned/speedup_b8",)),
+)
+MD_COLUMNS = ("lambda", "seed", "group_sparsity_%", "params", "pruned_params", "macs",
+              "dense_latency_b1_ms", "pruned_latency_b1_ms")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FailedRun:
+    job: str  # job dir relative to the report root
+    reason: str
+
+
+def number(value: Any) -> float | int | None:
+    """A finite int/float, else None (bools, strings, NaN, missing)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def find_job_dirs(root: str | os.PathLike) -> list[Path]:
+    """Folders under ``root`` (itself included) holding ``.hydra/`` or ``results.json``; not searched below a job
+    dir or inside hidden, W&B, checkpoint and log folders."""
+    jobs = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if (Path(dirpath) / ".hydra").is_dir() or RESULTS in filenames:
+            jobs.append(Path(dirpath))
+            dirnames[:] = []
+        else:
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS)
+    return sorted(jobs)
+
+
+def _log_tail(job_dir: Path) -> str:
+    """The last non-empty line of the job's Hydra log (``<job name>.log``), if any."""
+    for log in sorted(job_dir.glob("*.log")):
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        if lines:
+            return f"{log.name}: {lines[-1][:200]}"
+    return ""
+
+
+def flatten_results(results: Mapping[str, Any], job: str) -> dict[str, Any]:
+    """One report row: job, the fixed columns, every ``test/<task>/<metric>`` and ``test/delta_m``; layer
+    sparsity is kept under ``_layers`` (not a CSV column)."""
+    row: dict[str, Any] = {"job": job}
+    config = results.get("config") or {}
+    for column, keys in FIXED_COLUMNS:
+        row[column] = next((number(results[k]) for k in keys if number(results.get(k)) is not None), None)
+    if row["lambda"] is None:
+        row["lambda"] = number(config.get("lambda"))
+    if row["seed"] is None:
+        row["seed"] = number(config.get("seed"))
+    for key, value in results.items():
+        if is_metric_key(key) or key == "test/delta_m":
+            row[key] = number(value)
+    row["_layers"] = {
+        name: number(stats.get("group_sparsity"))
+        for name, stats in ((results.get("sparsity") or {}).get("layers") or {}).items()
+    }
+    return row
+
+
+def collect(root: str | os.PathLike) -> tuple[list[dict[str, Any]], list[FailedRun]]:
+    """(rows sorted by λ then seed, failed runs) for the jobs under ``root``. UserError when ``root`` does not
+    exist or holds no job."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root} is not a directory; give a Hydra multirun dir (e.g. multirun/<date>/<time>)")
+    job_dirs = find_job_dirs(root)
+    if not job_dirs:
+        raise UserError(f"no Hydra job under {root} (expected folders holding .hydra/ or {RESULTS})")
+    rows, failed = [], []
+    for job_dir in job_dirs:
+        job = job_dir.relative_to(root).as_posix() if job_dir != root else "."
+        path = job_dir / RESULTS
+        if not path.is_file():
+            tail = _log_tail(job_dir)
+            failed.append(FailedRun(job, f"no {RESULTS}" + (f" (last log line: {tail})" if tail else "")))
+            continue
+        try:
+            results = json.loads(path.read_text())
+            if not isinstance(results, Mapping):
+                raise ValueError("not a JSON object")
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            failed.append(FailedRun(job, f"unreadable {RESULTS}: {err}"))
+            continue
+        rows.append(flatten_results(results, job))
+    inf = float("inf")
+    rows.sort(key=lambda r: (inf if r["lambda"] is None else r["lambda"], inf if r["seed"] is None else r["seed"]))
+    return rows, failed
+
+
+def metric_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Sorted ``test/<task>/<metric>`` columns present in any row, then ``test/delta_m`` when present."""
+    keys = sorted({k for r in rows for k in r if is_metric_key(k)})
+    return keys + (["test/delta_m"] if any(r.get("test/delta_m") is not None for r in rows) else [])
+
+
+def csv_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    return ["job", *(c for c, _ in FIXED_COLUMNS), *metric_columns(rows)]
+
+
+def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=csv_columns(rows), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in csv_columns(rows)})
+    return buf.getvalue()
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
+            return f"{value:.3g}"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def si(value: Any) -> str:
+    """Counts with a metric suffix: 11398047 -> 11.4M."""
+    if number(value) is None:
+        return fmt(value)
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g}{suffix}"
+    return f"{value:g}"
+
+
+COUNT_COLUMNS = {"params", "pruned_params", "macs"}
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A Markdown table: λ, seed, group sparsity, params, MACs, latency dense/pruned (b1), each metric, Δm."""
+    metrics = metric_columns(rows)
+    header = ["λ", "seed", "group sparsity %", "params", "pruned params", "MACs", "dense ms (b1)",
+              "pruned ms (b1)", *(m.removeprefix("test/").replace("delta_m", "Δm %") for m in metrics)]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [(si if c in COUNT_COLUMNS else fmt)(row.get(c)) for c in (*MD_COLUMNS, *metrics)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_report(
+    root: str, rows: Sequence[Mapping[str, Any]], failed: Sequence[FailedRun], plots: Mapping[str, str | None]
+) -> str:
+    """The whole ``report.md``: summary line, table, plots (or why one was skipped) and the failed runs."""
+    parts = [f"# Sweep report: `{root}`", "", f"{len(rows)} finished run(s), {len(failed)} failed.", ""]
+    parts += [markdown_table(rows) if rows else "_No finished run._", ""]
+    parts += ["Metric directions: miou, pix_acc, within_*, acc, f1, Δm — higher is better; abs_err, rel_err, "
+              "normal mean/median — lower is better.", ""]  # fmt: skip
+    if plots:
+        parts += ["## Plots", ""]
+        for name, note in plots.items():
+            parts += [f"![{name}]({name})" if note is None else f"- `{name}` skipped: {note}", ""]
+    parts += ["## Failed runs", ""]
+    parts += [f"- `{f.job}`: {f.reason}" for f in failed] or ["None."]
+    return "\n".join(parts) + "\n"
+
+
+def write_report(root: str | os.PathLike, out: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Collect, write ``report.csv``/``report.md``/plots into ``out`` (default ``root``); returns
+    ``{"rows", "failed", "files", "skipped"}``."""
+    rows, failed = collect(root)
+    out = Path(out if out is not None else root)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = make_plots(rows, out, metric_columns(rows)) if rows else {}
+    files = [atomic_write_text(out / "report.csv", to_csv(rows))]
+    files.append(atomic_write_text(out / "report.md", markdown_report(str(root), rows, failed, plots)))
+    files += [out / name for name, note in plots.items() if note is None]
+    return {"rows": rows, "failed": failed, "files": files, "skipped": {k: v for k, v in plots.items() if v}}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lightning_sparse_mtl.report", description=__doc__.split("\n")[0])
+    parser.add_argument("multirun_dir", help="a Hydra multirun dir (or any folder holding job dirs)")
+    parser.add_argument("--out", default=None, help="output folder (default: the multirun dir)")
+    args = parser.parse_args(argv)
+    report = exit_on_user_error(lambda: write_report(args.multirun_dir, args.out))
+    print(f"{len(report['rows'])} finished run(s), {len(report['failed'])} failed")
+    for f in report["failed"]:
+        print(f"FAILED {f.job}: {f.reason}")
+    for name, note in report["skipped"].items():
+        print(f"skipped {name}: {note}")
+    for path in report["files"]:
+        print(f"wrote {path}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
