@@ -6,8 +6,16 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from lightning_sparse_mtl.mtl.metrics import BinaryAttributeMetrics, DepthMetrics, NormalMetrics, SegmentationMetrics
+from lightning_sparse_mtl.mtl.metrics import (
+    BinaryAttributeMetrics,
+    DepthMetrics,
+    NormalMetrics,
+    SegmentationMetrics,
+    metric_direction,
+    metric_unit,
+)
 
 
 def one_hot_logits(pred: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -91,3 +99,29 @@ def test_binary_attribute_hand_computed() -> None:
     out = m.compute()  # tp=2 fp=1 fn=1 tn=1
     assert out["acc"].item() == pytest.approx(3 / 5)
     assert out["f1"].item() == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+
+
+@pytest.mark.parametrize(
+    "metric, update",
+    [
+        (SegmentationMetrics(3), (torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4)))),
+        (DepthMetrics(), (torch.rand(2, 1, 4, 4) + 0.1, torch.rand(2, 1, 4, 4) + 0.1)),
+        (NormalMetrics(), (F.normalize(torch.randn(2, 3, 4, 4), dim=1), F.normalize(torch.randn(2, 3, 4, 4), dim=1))),
+        (BinaryAttributeMetrics(), (torch.randn(4, 1), torch.randint(0, 2, (4, 1)).float())),
+    ],
+)
+def test_every_computed_key_declares_direction_and_unit(metric, update) -> None:
+    metric.update(*update)
+    keys = set(metric.compute())
+    assert keys == set(type(metric).directions) == set(type(metric).units)
+
+
+def test_metric_direction_lookup_by_results_key() -> None:
+    assert metric_direction("test/normal/within_11.25") is True  # was wrongly "lower is better" via the class flag
+    assert metric_direction("test/normal/mean") is False
+    assert metric_direction("val/seg/miou") is True
+    assert metric_direction("test/depth/abs_err") is False
+    assert metric_direction("test/Male/f1") is True
+    assert metric_direction("test/delta_m") is True
+    assert metric_direction("params") is None
+    assert metric_unit("test/normal/median") == "°"

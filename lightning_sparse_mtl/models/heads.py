@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.decoders.deeplabv3.decoder import ASPP
 from torch import nn
 
+from lightning_sparse_mtl.registry import Registry
+
 
 def conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
     return nn.Sequential(
@@ -16,6 +18,10 @@ def conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
     )
 
 
+DENSE_HEADS: Registry[type[nn.Module]] = Registry("head")
+
+
+@DENSE_HEADS.register("conv")
 class ConvHead(nn.Module):
     """Light head on the final feature map: conv3x3-BN-ReLU, conv1x1 -> (B, out, H/s, W/s)."""
 
@@ -28,6 +34,7 @@ class ConvHead(nn.Module):
         return self.out(self.block(features[-1]))
 
 
+@DENSE_HEADS.register("aspp")
 class ASPPHead(nn.Module):
     """DeepLabV3 head: ASPP on the final feature map, conv3x3-BN-ReLU, conv1x1."""
 
@@ -43,6 +50,7 @@ class ASPPHead(nn.Module):
         return self.out(self.block(self.aspp(features[-1])))
 
 
+@DENSE_HEADS.register("skip")
 class SkipHead(nn.Module):
     """Two-scale decoder: the final feature, upsampled, concatenated with the stride-4 skip feature."""
 
@@ -68,6 +76,3 @@ class PoolHead(nn.Module):
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.out(torch.flatten(F.adaptive_avg_pool2d(features[-1], 1), 1))
-
-
-DENSE_HEADS: dict[str, type[nn.Module]] = {"conv": ConvHead, "aspp": ASPPHead, "skip": SkipHead}

@@ -12,7 +12,6 @@ from torch import nn
 from lightning_sparse_mtl.models.encoders import build_encoder
 from lightning_sparse_mtl.models.heads import DENSE_HEADS, PoolHead
 from lightning_sparse_mtl.mtl.tasks import TaskSpec
-from lightning_sparse_mtl.runs.errors import unknown_name
 
 
 class MultiTaskNet(nn.Module):
@@ -44,9 +43,7 @@ class MultiTaskNet(nn.Module):
                 heads[task.name] = PoolHead(channels, task.out_channels)
                 continue
             name = overrides.get(task.name, head)
-            if name not in DENSE_HEADS:
-                raise unknown_name("head", name, DENSE_HEADS)
-            heads[task.name] = DENSE_HEADS[name](channels, task.out_channels, hidden=head_channels)
+            heads[task.name] = DENSE_HEADS.get(name)(channels, task.out_channels, hidden=head_channels)
         self.heads = nn.ModuleDict(heads)
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -6,6 +6,8 @@ whole split, independent of batch size, and synchronise across DDP ranks by summ
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
@@ -22,6 +24,8 @@ class SegmentationMetrics(Metric):
 
     full_state_update = False
     higher_is_better = True
+    directions: ClassVar[dict[str, bool]] = {"miou": True, "pix_acc": True}
+    units: ClassVar[dict[str, str]] = {"miou": "", "pix_acc": ""}
 
     def __init__(self, num_classes: int, ignore_index: int = -1, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -58,6 +62,8 @@ class DepthMetrics(Metric):
 
     full_state_update = False
     higher_is_better = False
+    directions: ClassVar[dict[str, bool]] = {"abs_err": False, "rel_err": False}
+    units: ClassVar[dict[str, str]] = {"abs_err": "depth unit", "rel_err": ""}  # NYUv2: m; Cityscapes: disparity
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -88,7 +94,17 @@ class NormalMetrics(Metric):
     """
 
     full_state_update = False
-    higher_is_better = False
+    higher_is_better = None  # mixed: angles lower, within_* fractions higher (see ``directions``)
+    directions: ClassVar[dict[str, bool]] = {
+        "mean": False, "median": False, "within_11.25": True, "within_22.5": True, "within_30": True,
+    }  # fmt: skip
+    units: ClassVar[dict[str, str]] = {
+        "mean": "°",
+        "median": "°",
+        "within_11.25": "",
+        "within_22.5": "",
+        "within_30": "",
+    }
     thresholds = (11.25, 22.5, 30.0)
 
     def __init__(self, **kwargs) -> None:
@@ -130,6 +146,8 @@ class BinaryAttributeMetrics(Metric):
 
     full_state_update = False
     higher_is_better = True
+    directions: ClassVar[dict[str, bool]] = {"acc": True, "f1": True}
+    units: ClassVar[dict[str, str]] = {"acc": "", "f1": ""}
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -149,3 +167,27 @@ class BinaryAttributeMetrics(Metric):
         denom = (2 * self.tp + self.fp + self.fn).double()
         f1 = 2 * self.tp.double() / denom if denom > 0 else torch.zeros((), dtype=torch.float64)
         return {"acc": ((self.tp + self.tn).double() / total).float(), "f1": f1.float()}
+
+
+METRIC_CLASSES: tuple[type[Metric], ...] = (SegmentationMetrics, DepthMetrics, NormalMetrics, BinaryAttributeMetrics)
+
+
+def metric_direction(key: str) -> bool | None:
+    """Whether higher is better for a results key ``<stage>/<task>/<metric>`` (or a bare metric name), from the
+    ``directions`` each metric class declares; ``test/delta_m`` is higher-better; None for anything else."""
+    if key.endswith("delta_m"):
+        return True
+    name = key.rsplit("/", 1)[-1]
+    for cls in METRIC_CLASSES:
+        if name in cls.directions:
+            return cls.directions[name]
+    return None
+
+
+def metric_unit(key: str) -> str | None:
+    """The unit of a results key's metric ("°", "depth unit", "" for dimensionless), None if unknown."""
+    name = key.rsplit("/", 1)[-1]
+    for cls in METRIC_CLASSES:
+        if name in cls.units:
+            return cls.units[name]
+    return None

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
 from lightning_sparse_mtl.mtl.metrics import BinaryAttributeMetrics, DepthMetrics, NormalMetrics, SegmentationMetrics
+from lightning_sparse_mtl.registry import Registry
 from lightning_sparse_mtl.runs.errors import UserError, unknown_name
 
 IGNORE_INDEX = -1
@@ -61,8 +62,16 @@ class TaskSpec:
     out_channels: int
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     activation: Callable[[torch.Tensor], torch.Tensor]
-    make_metric: Callable[[], Metric]
-    higher_is_better: dict[str, bool] = field(default_factory=dict)
+    metric: type[Metric]
+    metric_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def make_metric(self) -> Metric:
+        return self.metric(**self.metric_kwargs)
+
+    @property
+    def higher_is_better(self) -> dict[str, bool]:
+        """``{metric name: higher is better}``, as the metric class declares it."""
+        return dict(self.metric.directions)
 
     @property
     def dense(self) -> bool:
@@ -70,28 +79,40 @@ class TaskSpec:
         return self.kind != "attr"
 
 
-DENSE_KINDS = {"seg": "seg", "depth": "depth", "disparity": "depth", "normal": "normal"}
+TASKS: Registry[Callable[[str, int | None], TaskSpec]] = Registry("task")
+
+
+@TASKS.register("seg")
+def seg_task(name: str, num_classes: int | None) -> TaskSpec:
+    if not num_classes or num_classes < 2:
+        raise UserError(f"task 'seg' needs data.num_classes >= 2, got {num_classes}")
+    kwargs = {"num_classes": num_classes, "ignore_index": IGNORE_INDEX}
+    return TaskSpec(name, "seg", num_classes, seg_loss, identity, SegmentationMetrics, kwargs)
+
+
+@TASKS.register("depth")
+@TASKS.register("disparity")
+def depth_task(name: str, num_classes: int | None = None) -> TaskSpec:
+    return TaskSpec(name, "depth", 1, depth_loss, identity, DepthMetrics)
+
+
+@TASKS.register("normal")
+def normal_task(name: str, num_classes: int | None = None) -> TaskSpec:
+    return TaskSpec(name, "normal", 3, normal_loss, unit_normal, NormalMetrics)
+
+
+def attribute_task(name: str, num_classes: int | None = None) -> TaskSpec:
+    """A binary image-level attribute of the dataset (e.g. CelebA's Male)."""
+    return TaskSpec(name, "attr", 1, attr_loss, identity, BinaryAttributeMetrics)
 
 
 def build_task(name: str, num_classes: int | None = None, attributes: Sequence[str] = ()) -> TaskSpec:
     """Resolve a task name: seg, depth, disparity, normal, or one of the dataset's binary ``attributes``."""
-    kind = DENSE_KINDS.get(name, "attr" if name in attributes else None)
-    if kind is None:
-        raise unknown_name("task", name, [*DENSE_KINDS, *attributes])
-    if kind == "seg":
-        if not num_classes or num_classes < 2:
-            raise UserError(f"task 'seg' needs data.num_classes >= 2, got {num_classes}")
-        return TaskSpec(
-            name, kind, num_classes, seg_loss, identity,
-            partial(SegmentationMetrics, num_classes, IGNORE_INDEX),
-            {"miou": True, "pix_acc": True},
-        )  # fmt: skip
-    if kind == "depth":
-        return TaskSpec(name, kind, 1, depth_loss, identity, DepthMetrics, {"abs_err": False, "rel_err": False})
-    if kind == "normal":
-        directions = {"mean": False, "median": False, "within_11.25": True, "within_22.5": True, "within_30": True}
-        return TaskSpec(name, kind, 3, normal_loss, unit_normal, NormalMetrics, directions)
-    return TaskSpec(name, "attr", 1, attr_loss, identity, BinaryAttributeMetrics, {"acc": True, "f1": True})
+    if name in TASKS:
+        return TASKS.get(name)(name, num_classes)
+    if name in attributes:
+        return attribute_task(name)
+    raise unknown_name("task", name, [*TASKS, *attributes])
 
 
 def build_tasks(names: Sequence[str], num_classes: int | None = None, attributes: Sequence[str] = ()) -> list[TaskSpec]:

@@ -7,9 +7,13 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from lightning_sparse_mtl.runs.errors import UserError, unknown_name
+from lightning_sparse_mtl.registry import Registry
+from lightning_sparse_mtl.runs.errors import UserError
+
+WEIGHTINGS: Registry[type[nn.Module]] = Registry("weighting")
 
 
+@WEIGHTINGS.register("fixed")
 class FixedWeighting(nn.Module):
     """sum_t w_t * L_t with weights from config (missing tasks weigh 1)."""
 
@@ -31,6 +35,7 @@ class FixedWeighting(nn.Module):
         """Called with the epoch's mean training loss per task (used by DWA)."""
 
 
+@WEIGHTINGS.register("uncertainty")
 class UncertaintyWeighting(FixedWeighting):
     """sum_t w_t * (exp(-s_t) L_t + s_t) with learned log-variances s_t (optimised with the model)."""
 
@@ -48,6 +53,7 @@ class UncertaintyWeighting(FixedWeighting):
         return {t: self.weights[t] * float(torch.exp(-self.log_vars[t])) for t in self.weights}
 
 
+@WEIGHTINGS.register("dwa")
 class DWAWeighting(FixedWeighting):
     """Dynamic Weight Average: w_t = K softmax_t(r_t / T), r_t = L_t(e-1) / L_t(e-2); 1 for the first two epochs."""
 
@@ -79,10 +85,5 @@ class DWAWeighting(FixedWeighting):
         self.history, self.dynamic = state["history"], state["dynamic"]
 
 
-WEIGHTINGS = {"fixed": FixedWeighting, "uncertainty": UncertaintyWeighting, "dwa": DWAWeighting}
-
-
 def build_weighting(name: str, tasks: Sequence[str], weights: Mapping[str, float] | None = None, **kwargs) -> nn.Module:
-    if name not in WEIGHTINGS:
-        raise unknown_name("weighting", name, WEIGHTINGS)
-    return WEIGHTINGS[name](tasks, weights, **kwargs)
+    return WEIGHTINGS.get(name)(tasks, weights, **kwargs)

@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from lightning_sparse_mtl.mtl.tasks import build_task
-from lightning_sparse_mtl.runs.errors import UserError
+from lightning_sparse_mtl.mtl.metrics import metric_direction as higher_is_better
 
 Rows = Sequence[Mapping[str, Any]]
 LATENCY_SERIES = (  # (row column, legend label)
@@ -25,20 +24,6 @@ LATENCY_SERIES = (  # (row column, legend label)
     ("pruned_latency_b8_ms", "pruned b8"),
 )
 DPI = 110
-
-
-def higher_is_better(key: str) -> bool | None:
-    """Direction of ``test/<task>/<metric>`` (from the task's :class:`TaskSpec`) or of ``test/delta_m``."""
-    if key == "test/delta_m":
-        return True
-    parts = key.split("/")
-    if len(parts) != 3:
-        return None
-    try:
-        spec = build_task(parts[1], num_classes=2, attributes=[parts[1]])
-    except UserError:
-        return None
-    return spec.higher_is_better.get(parts[2])
 
 
 def lambda_label(lam: float) -> str:
