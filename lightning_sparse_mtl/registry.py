@@ -1,11 +1,11 @@
 """One way to choose things by name: a :class:`Registry` per kind (heads, weightings, tasks, prox operators, ...).
 
-    HEADS = Registry("head")
+HEADS = Registry("head")
 
-    @HEADS.register("conv")
-    class ConvHead(nn.Module): ...
+@HEADS.register("conv")
+class ConvHead(nn.Module): ...
 
-    HEADS.get("conv")     # -> ConvHead;  HEADS.get("x") -> UserError "unknown head 'x'; valid: aspp, conv, skip"
+HEADS.get("conv")     # -> ConvHead;  HEADS.get("x") -> UserError "unknown head 'x'; valid: aspp, conv, skip"
 """
 
 from __future__ import annotations
