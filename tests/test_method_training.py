@@ -29,7 +29,7 @@ def test_warmup_epochs_keep_the_first_epoch_dense(train_cfg, monkeypatch) -> Non
     cfg = train_cfg(*SHORT, "trainer.limit_train_batches=2", "trainer.max_epochs=2", "lambda=1e-3",
                     "sparsity.warmup_epochs=1")  # fmt: skip
     train(cfg)
-    assert calls == [0.0, 0.0, 1e-3, 1e-3]
+    assert calls == [1e-3, 1e-3]  # epoch 0 is dense: lambda 0, no prox at all; epoch 1: two steps
 
 
 def test_uncertainty_weights_are_learned(train_cfg) -> None:

@@ -10,22 +10,23 @@ from collections.abc import Sequence
 
 import torch
 
-from lightning_sparse_mtl.sparsity.groups import ConvGroup, group_norms
+from lightning_sparse_mtl.sparsity.groups import ConvGroup
+from lightning_sparse_mtl.sparsity.prox import channel_norms
 
 
 @torch.no_grad()
 def sparsity_stats(groups: Sequence[ConvGroup]) -> dict:
     """Overall and per-layer statistics: {"group_sparsity", "weight_sparsity", "zero_groups", "total_groups",
-    "grouped_params", "layers": {name: {"groups", "zero_groups", "group_sparsity", "weight_sparsity"}}}."""
+    "grouped_params", "layers": {name: {"groups", "zero_groups", "group_sparsity"}}} (within one layer the
+    groups have equal size, so a per-layer weight sparsity would always equal its group sparsity)."""
     layers = {}
     zero_total = groups_total = zero_weights = weights_total = 0
     for g in groups:
-        zero = int((group_norms(g.weight) == 0).sum())
+        zero = int((channel_norms(g.weight) == 0).sum())
         layers[g.name] = {
             "groups": g.num_groups,
             "zero_groups": zero,
             "group_sparsity": 100.0 * zero / g.num_groups,
-            "weight_sparsity": 100.0 * zero / g.num_groups,  # groups of one layer have equal size
         }
         zero_total += zero
         groups_total += g.num_groups

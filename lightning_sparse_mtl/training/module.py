@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -20,7 +19,6 @@ from lightning_sparse_mtl.mtl.weighting import build_weighting
 from lightning_sparse_mtl.runs.configs import MODULE_KEYS, plain_config
 from lightning_sparse_mtl.runs.errors import NonFiniteLossError
 from lightning_sparse_mtl.sparsity.controller import GroupSparsity, validate_sparsity_weight
-from lightning_sparse_mtl.sparsity.groups import find_conv_groups
 
 STAGES = ("val", "test")
 
@@ -51,10 +49,10 @@ class SparseMTLModule(L.LightningModule):
         self.weighting = build_weighting(weighting.pop("name"), self.task_names, cfg.get("task_weights"), **weighting)
         sp = dict(cfg.get("sparsity") or {})
         target = sp.pop("module", "encoder")
-        groups = find_conv_groups(
-            self.net.get_submodule(target), sp.pop("exclude_image_conv", True), sp.pop("exclude", ()), f"net.{target}."
+        # the whole method runs inside optimizer.step(): attached in configure_optimizers
+        self.sparsity = GroupSparsity.from_module(
+            self.net.get_submodule(target), self.sparsity_weight, prefix=f"net.{target}.", **sp
         )
-        self.sparsity = GroupSparsity(groups, self.sparsity_weight, **sp)
         self.metrics = nn.ModuleDict(
             {s: nn.ModuleDict({t: spec.make_metric() for t, spec in self.net.tasks.items()}) for s in STAGES}
         )
@@ -79,6 +77,8 @@ class SparseMTLModule(L.LightningModule):
                 f"batch {batch_idx}); check the data for NaN targets or lower the learning rate"
             )
         bs = batch["image"].shape[0]
+        if self.sparsity.penalty_grad and self.sparsity.active:
+            self.log("train/sparsity_penalty", self.sparsity.last_penalty, batch_size=bs)  # of the last step
         self.log_dict({f"train/{t}/loss": v.detach() for t, v in losses.items()}, batch_size=bs)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
         for t, v in losses.items():
@@ -86,17 +86,11 @@ class SparseMTLModule(L.LightningModule):
         self._loss_count += 1
         return loss
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """The penalty lambda*Omega enters here as its exact gradient (grads are unscaled and accumulated by now)."""
-        lam = self.sparsity.weight_at(self.current_epoch)
-        if lam > 0:
-            value = self.sparsity.before_step_(lam)
-            if not math.isfinite(value):
-                raise NonFiniteLossError(
-                    f"non-finite sparsity penalty at step {self.global_step} (epoch {self.current_epoch}); "
-                    "the encoder weights diverged: lower lambda or the learning rate"
-                )
-            self.log("train/sparsity_penalty", value)
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.sparsity.epoch, self.sparsity.steps = self.current_epoch, self.global_step  # schedule + messages
+
+    def on_fit_end(self) -> None:
+        self.sparsity.detach()
 
     def on_train_epoch_end(self) -> None:
         if self._loss_count:
@@ -132,6 +126,8 @@ class SparseMTLModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = instantiate(self.cfg["optimizer"], params=self.parameters())
+        if self.sparsity.active:
+            self.sparsity.attach(optimizer)  # masks, penalty gradient and prox inside optimizer.step()
         if not self.cfg.get("scheduler"):
             return optimizer
         sched = dict(self.cfg["scheduler"])
@@ -159,6 +155,6 @@ class SparseMTLModule(L.LightningModule):
             random.setstate(states["python"])
 
     def configure_callbacks(self) -> list[L.Callback]:
-        from lightning_sparse_mtl.training.callbacks import ChannelZeroing, SparsityLogger
+        from lightning_sparse_mtl.training.callbacks import SparsityLogger
 
-        return [ChannelZeroing(), SparsityLogger()] if self.sparsity.active else [SparsityLogger()]
+        return [SparsityLogger()]
