@@ -105,6 +105,27 @@ def _solve_step(z, v, inv_bc2, eps, tau, frozen, r, iters: int):
 _COMPILED: dict[str, Callable | None] = {}
 
 
+def _compile_config():
+    """No duck sizing (a layer with O == I must not tie the two sizes and recompile for the next layer) and
+    room for the few graphs a network needs (ranks, 1x1 vs kxk)."""
+    import torch._dynamo
+    import torch.fx.experimental._config as fx_config
+
+    patch_fx = fx_config.patch(use_duck_shape=False)
+    patch_dynamo = torch._dynamo.config.patch(recompile_limit=32)
+
+    class _Both:
+        def __enter__(self):
+            patch_fx.__enter__()
+            patch_dynamo.__enter__()
+
+        def __exit__(self, *exc):
+            patch_dynamo.__exit__(*exc)
+            patch_fx.__exit__(*exc)
+
+    return _Both()
+
+
 def _compiled_solve_step() -> Callable | None:
     """``torch.compile(_solve_step)`` (dynamic shapes), or None where compiling is not possible."""
     if "step" not in _COMPILED:
@@ -149,7 +170,8 @@ def adam_soft_threshold_(
     fn = _compiled_solve_step() if compile and radius is not None else None
     if fn is not None:
         try:
-            x, norms, r, alive = fn(z, v, inv_bc2, eps_t, tau_t, frozen, r0, iters)
+            with _compile_config():
+                x, norms, r, alive = fn(z, v, inv_bc2, eps_t, tau_t, frozen, r0, iters)
         except Exception as err:  # pragma: no cover - compiler missing at run time
             warnings.warn(f"torch.compile of the Adam prox failed ({err}); running it eagerly", stacklevel=2)
             _COMPILED["step"] = fn = None
