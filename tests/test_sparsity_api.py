@@ -371,3 +371,26 @@ def test_module_attaches_through_the_same_path(train_cfg) -> None:
     dense = SparseMTLModule(train_cfg("lambda=0"))
     dense.configure_optimizers()
     assert not dense.sparsity.attached
+
+
+def test_lambda_means_the_stated_objective_and_paper_counts_it_twice() -> None:
+    """Full-batch group lasso: Adam + the Adam prox ends at the exact solution for lambda; adding the penalty
+    gradient as well (sparsity=paper) ends at the solution for 2*lambda (experiments/lambda_meaning.py)."""
+    import sys
+
+    sys.path.insert(0, str(README.parent / "experiments"))
+    from lambda_meaning import adam_run, exact_group_lasso, problem
+
+    x, y = problem()
+    lam = 0.05
+    exact, exact2 = exact_group_lasso(x, y, lam), exact_group_lasso(x, y, 2 * lam)
+
+    def dist(w, e):
+        return float(torch.linalg.vector_norm(w - e) / torch.linalg.vector_norm(e))
+
+    assert dist(exact, exact2) > 0.05  # the two solutions are far apart
+    alone = adam_run(x, y, lam, "adam", False, steps=3000)
+    paper = adam_run(x, y, lam, "adam", True, steps=3000)
+    assert dist(alone, exact) < 0.01 and dist(alone, exact2) > 0.04
+    assert dist(paper, exact2) < 0.01 and dist(paper, exact) > 0.04
+    assert torch.equal(channel_norms(alone) == 0, channel_norms(exact) == 0)  # the same exact zeros
