@@ -1,6 +1,6 @@
 """What lambda means: where AdamW + the method converges, against the exact group-lasso solution.
 
-    python experiments/lambda_meaning.py [--lam 0.05] [--steps 4000]
+    python experiments/lambda_meaning.py [--lam 0.05] [--steps 3000]
 
 A small group-lasso regression (a 1x1 conv = a linear layer, 12 input-channel groups of 6 weights, full batch):
     min_W  1/(2n) ||conv(X; W) - Y||^2 + lambda * sum_c sqrt(p_g) ||W[:, c]||.
@@ -61,7 +61,7 @@ def adam_run(x, y, lam: float, prox: str, penalty_grad: bool, steps: int, lr: fl
     return conv.weight.detach()
 
 
-def compare(lam: float = 0.05, steps: int = 4000) -> dict[str, dict[str, float]]:
+def compare(lam: float = 0.05, steps: int = 3000) -> dict[str, dict[str, float]]:
     """{variant: {"to lambda", "to 2 lambda", "zero groups"}}: relative distances to the exact solutions."""
     x, y = problem()
     exact = {"to lambda": exact_group_lasso(x, y, lam), "to 2 lambda": exact_group_lasso(x, y, 2 * lam)}
@@ -90,7 +90,7 @@ def compare(lam: float = 0.05, steps: int = 4000) -> dict[str, dict[str, float]]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lam", type=float, default=0.05)
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=3000)
     args = parser.parse_args()
     rows = compare(args.lam, args.steps)
     print(f"{'variant':36s} {'rel. dist to W*(lam)':>22s} {'to W*(2 lam)':>14s} {'zero groups':>12s}")

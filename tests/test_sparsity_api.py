@@ -394,3 +394,14 @@ def test_lambda_means_the_stated_objective_and_paper_counts_it_twice() -> None:
     assert dist(alone, exact) < 0.01 and dist(alone, exact2) > 0.04
     assert dist(paper, exact2) < 0.01 and dist(paper, exact) > 0.04
     assert torch.equal(channel_norms(alone) == 0, channel_norms(exact) == 0)  # the same exact zeros
+
+
+def test_old_config_key_penalty_in_loss_still_works(train_cfg) -> None:
+    from lightning_sparse_mtl.training.module import SparseMTLModule
+
+    with pytest.warns(FutureWarning, match="penalty_in_loss is deprecated"):
+        module = SparseMTLModule(train_cfg("lambda=1e-4", "sparsity.penalty_in_loss=true"))
+    assert module.sparsity.penalty_grad
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        assert not SparseMTLModule(train_cfg("lambda=1e-4")).sparsity.penalty_grad  # no warning by default
