@@ -63,42 +63,42 @@ def soft_threshold_(
     return norms * scale
 
 
-def _newton(z: torch.Tensor, d: torch.Tensor, tau: torch.Tensor, alive: torch.Tensor, r: torch.Tensor, iters: int):
-    """``iters`` Newton steps on q(r) = f(r)^(-1/2) - 1 for every group; dead groups get r = 0."""
-    dims = group_dims(z)
-    u = d * z
+def _newton(u: torch.Tensor, d: torch.Tensor, tau: torch.Tensor, alive: torch.Tensor, r: torch.Tensor, iters: int):
+    """``iters`` Newton steps on q(r) = f(r)^(-1/2) - 1 for every group (u = D z); dead groups get r = 0."""
+    dims = group_dims(u)
     for _ in range(iters):
-        a = d * per_group(r, z) + per_group(tau, z)  # D r + tau
-        t2 = (u / a).square()
-        f = t2.sum(dims)
-        df = -2.0 * (t2 * d / a).sum(dims)  # f'(r)
+        a = torch.addcmul(per_group(tau, u), d, per_group(r, u))  # D r + tau
+        t = u / a
+        f = t.square_().sum(dims)
+        df = -2.0 * t.mul_(d).div_(a).sum(dims)  # f'(r)
         q = f.rsqrt() - 1.0
         dq = -0.5 * f.pow(-1.5) * df
         r = torch.where(alive, (r - q / dq).clamp_min(0.0), torch.zeros_like(r))
     return r
 
 
-def _alive(z: torch.Tensor, d: torch.Tensor, tau: torch.Tensor, frozen: torch.Tensor) -> torch.Tensor:
-    return (torch.linalg.vector_norm(d * z, dim=group_dims(z)) > tau) & ~frozen
+def _alive(u: torch.Tensor, tau: torch.Tensor, frozen: torch.Tensor) -> torch.Tensor:
+    return (torch.linalg.vector_norm(u, dim=group_dims(u)) > tau) & ~frozen
 
 
-def _update(z: torch.Tensor, d: torch.Tensor, tau: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _update(u: torch.Tensor, d: torch.Tensor, tau: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x = D z r / (D r + tau) (exact zeros where r = 0) and its (I,) group norms."""
-    rr = per_group(r, z)
-    x = d * z * rr / (d * rr + per_group(tau, z))
-    return x, torch.linalg.vector_norm(x, dim=group_dims(z))
+    rr = per_group(r, u)
+    x = (u * rr).div_(torch.addcmul(per_group(tau, u), d, rr))
+    return x, torch.linalg.vector_norm(x, dim=group_dims(u))
 
 
 def _metric(v: torch.Tensor, inv_bc2: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    return (v * inv_bc2).sqrt() + eps
+    return (v * inv_bc2).sqrt_().add_(eps)
 
 
 def _solve_step(z, v, inv_bc2, eps, tau, frozen, r, iters: int):
     """Warm-started Newton steps and the update, in one function (what ``torch.compile`` fuses)."""
     d = _metric(v, inv_bc2, eps)
-    alive = _alive(z, d, tau, frozen)
-    r = _newton(z, d, tau, alive, r, iters)
-    x, norms = _update(z, d, tau, r)
+    u = d * z
+    alive = _alive(u, tau, frozen)
+    r = _newton(u, d, tau, alive, r, iters)
+    x, norms = _update(u, d, tau, r)
     return x, norms, r, alive
 
 
@@ -177,13 +177,14 @@ def adam_soft_threshold_(
             _COMPILED["step"] = fn = None
     if fn is None:
         d = _metric(v, inv_bc2, eps_t)
-        alive = _alive(z, d, tau_t, frozen)
-        r = _newton(z, d, tau_t, alive, r0, iters)
+        u = d * z
+        alive = _alive(u, tau_t, frozen)
+        r = _newton(u, d, tau_t, alive, r0, iters)
         x = None
         if radius is None:  # cold start (once per layer): iterate to convergence
             tol = 1e-12 if dt == torch.float64 else 1e-6
             for _ in range(50):
-                r_next = _newton(z, d, tau_t, alive, r, 1)
+                r_next = _newton(u, d, tau_t, alive, r, 1)
                 done = bool(((r_next - r).abs() <= tol * r_next.abs().clamp_min(1e-30)).all())
                 r = r_next
                 if done:
@@ -191,10 +192,12 @@ def adam_soft_threshold_(
     for _ in range(8):  # safeguard (rare): a live group whose iterate is still at 0
         if not bool((alive & (r <= 0)).any()):
             break
-        d = _metric(v, inv_bc2, eps_t)
-        r = _newton(z, d, tau_t, alive, r, 1)
+        if x is not None:  # came from the compiled path
+            d = _metric(v, inv_bc2, eps_t)
+            u = d * z
+        r = _newton(u, d, tau_t, alive, r, 1)
         x = None
     if x is None:
-        x, norms = _update(z, _metric(v, inv_bc2, eps_t), tau_t, r)
+        x, norms = _update(u, d, tau_t, r)
     weight.copy_(x)
     return norms if dt == weight.dtype else channel_norms(weight)
