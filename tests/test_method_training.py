@@ -55,3 +55,35 @@ def test_dwa_weights_follow_loss_ratios() -> None:
     assert w["b"] == pytest.approx(float(2 * eb / (ea + eb)))
     total = dwa({"a": torch.tensor(2.0), "b": torch.tensor(3.0)})
     assert float(total) == pytest.approx(2 * w["a"] + 3 * w["b"])
+
+
+def test_epoch_figures_use_a_cached_graph_of_the_live_net_and_stay_exact(train_cfg) -> None:
+    import copy
+
+    from lightning_sparse_mtl.sparsity import prune_zero_channels, sparsity_stats
+    from lightning_sparse_mtl.training.callbacks import SparsityLogger
+
+    module = SparseMTLModule(train_cfg("lambda=1e-4"))
+    net = module.net.train()
+    with torch.no_grad():
+        for g in module.sparsity.groups[-6:]:
+            g.weight[:, : g.num_groups // 2] = 0
+    buffers = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+    logger = SparsityLogger(probe_size=32)
+    stats = sparsity_stats(module.sparsity.groups)
+    first = logger.pruning_figures(net, stats, params_left=True)
+    graph = logger._graph
+    assert graph is not None and net.training  # traced once, train mode restored
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in buffers.items())  # BN statistics untouched
+    probe = copy.deepcopy(net).eval()
+    report = prune_zero_channels(probe, torch.rand(1, 3, 32, 32), ignored_layers=probe.head_output_layers())
+    assert first["sparsity/removable_channels"] == sum(report.channels_removed.values()) > 0
+    assert first["sparsity/encoder_params_left"] == sum(p.numel() for p in probe.encoder.parameters())
+    with torch.no_grad():  # more zeros later in training: the cached graph reads the live weights
+        g = module.sparsity.groups[-7]
+        g.weight[:, : g.num_groups // 2] = 0
+    second = logger.pruning_figures(net, sparsity_stats(module.sparsity.groups), params_left=False)
+    assert logger._graph is graph and "sparsity/encoder_params_left" not in second
+    probe = copy.deepcopy(net).eval()
+    report = prune_zero_channels(probe, torch.rand(1, 3, 32, 32), ignored_layers=probe.head_output_layers())
+    assert second["sparsity/removable_channels"] == sum(report.channels_removed.values())
