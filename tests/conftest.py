@@ -12,24 +12,13 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from helpers.runs import TINY
 from lightning_sparse_mtl.runs.configs import CONFIG_DIR
+
+__all__ = ["ROOT", "TINY", "compose_train_cfg"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Small but real: 32 px scenes, few batches, resnet18 at output stride 8.
-TINY = [
-    "data.dataset.image_size=32",
-    "data.splits.train.num_scenes=64",
-    "data.splits.val.num_scenes=32",
-    "data.splits.test.num_scenes=32",
-    "data.batch_size=16",
-    "data.eval_batch_size=32",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-    "trainer.log_every_n_steps=1",
-    "model.head_channels=16",
-    "prune.latency_repeats=2",
-]
 
 
 @pytest.fixture(autouse=True)

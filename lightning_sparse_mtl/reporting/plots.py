@@ -70,7 +70,7 @@ def _stat(summary: pd.DataFrame, config: str, col: str) -> tuple[float, float]:
 
 
 def _legend(fig: Figure, handles: list, labels: list[str]) -> None:
-    ncol = 1 if max((len(s) for s in labels), default=0) > 40 else min(3, len(labels))
+    ncol = 1 if max((len(s) for s in labels), default=0) > 40 else max(1, min(3, len(labels)))
     fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=8, frameon=False,
                title="configuration (mean ± std over seeds)", title_fontsize=8)  # fmt: skip
 
@@ -111,11 +111,14 @@ def plot_tradeoff(rows: Rows, summary: pd.DataFrame, path: Path, metrics: Sequen
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     handles, names = [], []
     for ax, metric in zip(axes, metrics):
-        handles, names = _errorbar_panel(ax, rows, summary, "group_sparsity_%", metric, {})
+        panel = _errorbar_panel(ax, rows, summary, "group_sparsity_%", metric, {})
+        handles, names = panel if panel[0] else (handles, names)
         ax.set_xlabel("group sparsity (%)")
         ax.set_ylabel(label(metric, config), fontsize=8)
     for ax in axes[len(metrics) :]:
         ax.set_visible(False)
+    if not handles:
+        return "no run has both group sparsity and a test metric"
     _legend(fig, handles, names)
     fig.suptitle("test metrics vs group sparsity of the shared encoder", fontsize=11)
     _save(fig, path)
@@ -157,7 +160,8 @@ def plot_pareto(rows: Rows, summary: pd.DataFrame, path: Path, ys: Sequence[str]
         for c_i, x in enumerate(xs):
             ax = axes[r_i][c_i]
             fill = _dense_fill(rows, x)
-            handles, names = _errorbar_panel(ax, rows, summary, x, y, fill)
+            panel = _errorbar_panel(ax, rows, summary, x, y, fill)
+            handles, names = panel if panel[0] else (handles, names)
             pts = []
             for config in labels:
                 mx = _stat(summary, config, x)[0]
@@ -170,6 +174,8 @@ def plot_pareto(rows: Rows, summary: pd.DataFrame, path: Path, ys: Sequence[str]
             ax.axvline(1.0, color="grey", lw=0.8, ls=":")
             ax.set_xlabel("MACs ratio dense / pruned (×)" if x == "macs_ratio" else "measured speedup, batch 1 (×)")
             ax.set_ylabel(label(y, config), fontsize=8)
+    if not handles:
+        return "no configuration has both a cost figure and the metric"
     _legend(fig, handles, names)
     fig.suptitle("accuracy / cost trade-off (black ring: Pareto-optimal; dense = 1×)", fontsize=11)
     _save(fig, path)
