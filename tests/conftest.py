@@ -7,18 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.runs import TINY
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from helpers.runs import TINY
 from lightning_sparse_mtl.runs.configs import CONFIG_DIR
 
 __all__ = ["ROOT", "TINY", "compose_train_cfg"]
 
 ROOT = Path(__file__).resolve().parent.parent
-
 
 
 @pytest.fixture(autouse=True)

@@ -65,5 +65,30 @@ def test_prediction_images_panels_and_png_fallback(train_cfg, tmp_path: Path) ->
     assert_png(path)
     from PIL import Image
 
-    with Image.open(path) as im:  # 2 samples stacked, 7 square panels side by side
-        assert 3.2 < im.size[0] / im.size[1] < 3.8
+    preds = {k: v.detach().numpy() for k, v in module(batch["image"]).items()}
+    grids, titles = cb.render(module, {k: v.numpy() for k, v in batch.items()}, preds, ["bg", *"0123456789"])
+    assert titles == ["input", "seg target", "seg pred", "seg legend", "depth target", "depth pred", "depth error",
+                      "normal target", "normal pred", "normal error"]  # fmt: skip
+    with Image.open(path) as im:  # 2 samples stacked, each one figure row of 10 panels
+        assert im.size == (grids[0].shape[1], 2 * grids[0].shape[0])
+
+
+def test_prediction_figure_error_maps_and_legend() -> None:
+    """A perfect prediction has a uniformly zero error map; a wrong one does not; every class shown is named."""
+    from lightning_sparse_mtl.reporting.prediction_figure import hemisphere_key, prediction_figure
+
+    g = np.random.default_rng(0)
+    depth = g.uniform(1, 5, (1, 16, 16)).astype(np.float32)
+    normal = np.zeros((3, 16, 16), np.float32)
+    normal[2] = -1
+    seg = g.integers(0, 3, (16, 16))
+    kinds = {"seg": "seg", "depth": "depth", "normal": "normal"}
+    targets = {"seg": seg, "depth": depth, "normal": normal}
+    img, titles = prediction_figure(g.random((3, 16, 16)), targets, targets, kinds, {"seg": 3}, ["a", "b", "c"], "m")
+    assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[1] > 4 * img.shape[0]
+    assert len(titles) == 10
+    key = hemisphere_key(9)
+    assert np.allclose(key[4, 4], [0.5, 0.5, 0.0])  # the centre faces the camera: n = (0, 0, -1)
+    wrong = {"seg": (seg + 1) % 3, "depth": depth + 1, "normal": -normal}
+    img2, _ = prediction_figure(g.random((3, 16, 16)), targets, wrong, kinds, {"seg": 3}, None, "m")
+    assert img2.shape == img.shape and not np.array_equal(img, img2)
