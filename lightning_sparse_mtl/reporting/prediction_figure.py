@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -42,6 +43,11 @@ def hemisphere_key(size: int = 33) -> np.ndarray:
 
 def _kinds_order(kinds: Mapping[str, str], targets: Mapping, preds: Mapping) -> list[tuple[str, str]]:
     return [(t, k) for t, k in kinds.items() if t in targets and t in preds and k in ("seg", "depth", "normal")]
+
+
+def _cmap(name: str):
+    """A colour map drawing masked (invalid) pixels grey."""
+    return colormaps[name].with_extremes(bad=INVALID)
 
 
 def _hide(ax) -> None:
@@ -92,12 +98,12 @@ def prediction_figure(
             t2, p2 = tgt.reshape(tgt.shape[-2:]), pred.reshape(pred.shape[-2:])
             valid = t2 > 0
             vmin, vmax = depth_range(tgt, pred)
-            cmap = "magma_r"
+            cmap = _cmap("magma_r")
             a_t.imshow(np.ma.masked_where(~valid, t2), cmap=cmap, vmin=vmin, vmax=vmax)
             im = a_p.imshow(p2, cmap=cmap, vmin=vmin, vmax=vmax)
             fig.colorbar(im, ax=[a_t, a_p], shrink=0.8, label=f"{task} ({depth_unit})", location="bottom")
             err = np.ma.masked_where(~valid, np.abs(p2 - t2))
-            im = a_x.imshow(err, cmap="inferno", vmin=0)
+            im = a_x.imshow(err, cmap=_cmap("inferno"), vmin=0)
             fig.colorbar(im, ax=a_x, shrink=0.8, label=f"|error| ({depth_unit})", location="bottom")
             titles += [f"{task} target", f"{task} pred", f"{task} error"]
         else:
@@ -110,14 +116,12 @@ def prediction_figure(
             t = tgt / np.maximum(np.linalg.norm(tgt, axis=0, keepdims=True), 1e-8)
             p = pred / np.maximum(np.linalg.norm(pred, axis=0, keepdims=True), 1e-8)
             angle = np.degrees(np.arccos(np.clip((t * p).sum(0), -1.0, 1.0)))
-            im = a_x.imshow(np.ma.masked_where(~valid, angle), cmap="viridis", vmin=0, vmax=90)
+            im = a_x.imshow(np.ma.masked_where(~valid, angle), cmap=_cmap("viridis"), vmin=0, vmax=90)
             fig.colorbar(im, ax=a_x, shrink=0.8, label="angular error (degrees)", location="bottom")
             titles += [f"{task} target", f"{task} pred", f"{task} error"]
     for ax, title in zip(axes, titles):
         ax.set_title("" if title.endswith(" legend") else title, fontsize=7)
         _hide(ax)
-        for im in ax.images:
-            im.cmap.set_bad(INVALID)
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     rgba = np.asarray(canvas.buffer_rgba())
