@@ -43,7 +43,7 @@ def test_wandb_offline_one_run_per_job(tmp_path: Path) -> None:
         assert len(offline) == 1, offline  # one W&B run per job, inside the job's run dir
         info = json.loads((job_dir / "wandb_probe.json").read_text())
         names.add(info["name"])
-        assert info["group"] == "sweep" and info["job_type"] == "train"  # the multirun's name, not an abs path
+        assert info["group"] == f"{sweep.parent.name}/sweep" and info["job_type"] == "train"  # not an abs path
         assert info["name"] == f"{job_dir.name}_experiment=tiny_test,lambda={res['config']['lambda']:g}"
         config = info["config"]
         assert "cfg" not in config  # the module's hparams are the config itself, logged once

@@ -17,6 +17,9 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from matplotlib import colormaps
 
+from lightning_sparse_mtl.reporting.metric_info import depth_unit
+from lightning_sparse_mtl.runs.configs import plain_config
+
 SEG_ALPHA = 0.55
 MIN_TILE = 96  # tiles are upscaled (nearest) to at least this many pixels on their short side
 PAD = 2
@@ -238,8 +241,5 @@ class PredictionImages(L.Callback):
 
 
 def _depth_unit(pl_module: L.LightningModule) -> str:
-    from lightning_sparse_mtl.reporting.metric_info import depth_unit
-    from lightning_sparse_mtl.runs.configs import plain_config
-
     cfg = getattr(pl_module, "hparams", {}).get("cfg")
     return depth_unit(plain_config(cfg, ("data",))) if cfg is not None else "depth unit"

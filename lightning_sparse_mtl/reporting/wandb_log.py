@@ -31,6 +31,7 @@ from lightning_sparse_mtl.runs.configs import plain_config
 from lightning_sparse_mtl.runs.errors import UserError
 
 MAX_NAME_LEN = 128  # W&B limit for group / run names
+NAME_EXCLUDE = ("logger", "callbacks", "trainer.enable_progress_bar", "hydra.")  # not part of a run's name
 # results.json scalar prefixes shown in the final "results" table
 RESULT_PREFIXES = ("test/", "sparsity/", "pruned/", "dense/")
 RESULT_KEYS = ("params", "wall_time_s", "lambda", "seed")
@@ -61,19 +62,28 @@ def readable_dir(path: str | Path, launch_dir: str | Path | None) -> str:
     return "/".join(path.parts[-2:]) if not path.is_absolute() or len(path.parts) > 2 else path.name
 
 
+def run_name_overrides(overrides: list[str]) -> str:
+    """The job's overrides that say what it is: logger/callback plumbing (:data:`NAME_EXCLUDE`) is left out."""
+    kept = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith(NAME_EXCLUDE)]
+    return ",".join(kept)
+
+
 def hydra_group_and_name() -> tuple[str | None, str | None]:
     """(group, name) for the current Hydra job. group: the multirun's name, its sweep dir relative to the launch
-    dir (shared by its jobs), or for a single run its own run dir, likewise. name: ``<job num>_<override_dirname>``
-    in a multirun, else the overrides (or the run dir name when there are none)."""
+    dir (shared by its jobs), or for a single run its own run dir, likewise. name: ``<job num>_<overrides>`` in a
+    multirun (overrides in command-line order, without logger/callback plumbing), else the overrides (or the run
+    dir name when there are none)."""
     if not HydraConfig.initialized():
         return None, None
     hc = HydraConfig.get()
-    overrides = hc.job.get("override_dirname") or ""
+    overrides = run_name_overrides(list(hc.overrides.get("task") or []))
     cwd = hc.runtime.get("cwd")
     if hc.mode == RunMode.MULTIRUN:
         num = hc.job.get("num")
-        return _short(readable_dir(hc.sweep.dir, cwd)), (f"{num}_{overrides}" if overrides else str(num))[:MAX_NAME_LEN]
-    return _short(readable_dir(hc.run.dir, cwd)), (overrides[:MAX_NAME_LEN] or _short(Path(hc.runtime.output_dir).name))
+        name = f"{num}_{overrides}" if overrides else str(num)
+        return _short(readable_dir(hc.sweep.dir, cwd)), name[:MAX_NAME_LEN]
+    name = overrides[:MAX_NAME_LEN] or _short(Path(hc.runtime.output_dir).name)
+    return _short(readable_dir(hc.run.dir, cwd)), name
 
 
 def shortest_float(value: float) -> float:
