@@ -108,3 +108,5 @@ def test_readable_group_names() -> None:
     assert wandb_log.readable_dir("/work/x/multirun/2026-12-01/21-00-00", "/work/x") == "multirun/2026-12-01/21-00-00"
     assert wandb_log.readable_dir("/elsewhere/studies/digits", "/work/x") == "studies/digits"
     assert wandb_log.shortest_float(float(torch.tensor(1e-5))) == 1e-5 and wandb_log.shortest_float(0.1) == 0.1
+    overrides = ["experiment=x", "lambda=1e-3", "logger=csv_wandb", "+callbacks.p._target_=a.B", "seed=1"]
+    assert wandb_log.run_name_overrides(overrides) == "experiment=x,lambda=1e-3,seed=1"
