@@ -48,7 +48,9 @@ def test_lambda_by_seed_multirun_summary(tmp_path: Path, capsys: pytest.CaptureF
     assert len(summary) == 2
     for config, rec in summary.items():
         assert rec["n"] == "2" and rec["seeds"] == "0 1"
-        runs = [r for r in jobs.values() if f"lambda={r['config']['lambda']:g}" in config]
+        lam = {"experiment=tiny_test,lambda=0": 0.0, "experiment=tiny_test,lambda=1e-3": 1e-3}[config]
+        runs = [r for r in jobs.values() if r["lambda"] == lam]
+        assert len(runs) == 2
         values = [r["test/seg/miou"] for r in runs]
         mean, std = sum(values) / 2, abs(values[0] - values[1]) / math.sqrt(2)
         assert float(rec["test/seg/miou_mean"]) == pytest.approx(mean)
