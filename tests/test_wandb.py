@@ -44,7 +44,7 @@ def test_wandb_offline_one_run_per_job(tmp_path: Path) -> None:
         info = json.loads((job_dir / "wandb_probe.json").read_text())
         names.add(info["name"])
         assert info["group"] == f"{sweep.parent.name}/sweep" and info["job_type"] == "train"  # not an abs path
-        typed = {0.0: "0", 1e-5: "1e-5"}[res["lambda"]]  # as on the command line
+        typed = {0.0: "0", 1e-5: "1e-05"}[res["lambda"]]  # as Hydra records the swept value
         assert info["name"] == f"{job_dir.name}_experiment=tiny_test,lambda={typed}"
         config = info["config"]
         assert "cfg" not in config  # the module's hparams are the config itself, logged once
