@@ -49,7 +49,7 @@ def test_wandb_offline_one_run_per_job(tmp_path: Path) -> None:
         config = info["config"]
         assert "cfg" not in config  # the module's hparams are the config itself, logged once
         assert config["lambda"] == res["lambda"] and config["trainer"]["max_epochs"] == 2
-        assert repr(config["lambda"]) in ("0.0", "1e-05")
+        assert str(config["lambda"]) in ("0", "0.0", "1e-05")  # exact, as given
         summary, history = info["summary"], val_history(job_dir / "csv" / "metrics.csv")
         assert len(history["val/seg/miou"]) == 2  # two validation epochs
         assert summary["val/seg/miou"]["max"] == pytest.approx(max(history["val/seg/miou"]))
@@ -70,16 +70,17 @@ def test_wandb_helpers_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     logger = wandb_log.HydraWandbLogger(save_dir=str(tmp_path), project="p", mode="offline", group="g", name="n",
                                         log_model=True)  # fmt: skip
     trainer = L.Trainer(logger=[CSVLogger(tmp_path), logger], enable_checkpointing=False, enable_progress_bar=False)
-    config = {"lambda": 1e-3, "trainer": {"max_epochs": 2}, "tasks": ["seg", "depth"], "data": {"num_classes": 11}}
+    config = {"lambda": 1e-3, "trainer": {"max_epochs": 2}, "tasks": ["seg", "normal"], "data": {"num_classes": 11}}
     wandb_log.log_run_config(trainer, config)
     logger.log_hyperparams({"cfg": config})  # what Lightning does with the module's hparams
-    for step, (miou, err) in enumerate([(0.2, 2.0), (0.5, 1.5), (0.4, 1.7)]):
-        as_f32 = {"val/seg/miou": float(torch.tensor(miou)), "val/depth/abs_err": float(torch.tensor(err)),
-                  "sparsity/lambda": float(torch.tensor(1e-3))}  # fmt: skip
+    for step, (miou, err) in enumerate([(0.2, 20.0), (0.5, 15.0), (0.4, 17.0)]):
+        as_f32 = {"val/seg/miou": float(torch.tensor(miou)), "val/normal/mean": float(torch.tensor(err)),
+                  "val/normal/within_11.25": miou, "sparsity/lambda": float(torch.tensor(1e-3))}  # fmt: skip
         logger.log_metrics(as_f32, step=step)
     run = logger.experiment
     assert "cfg" not in dict(run.config) and run.config["lambda"] == 1e-3
-    assert run.summary["val/seg/miou"]["max"] == 0.5 and run.summary["val/depth/abs_err"]["min"] == 1.5
+    assert run.summary["val/seg/miou"]["max"] == 0.5 and run.summary["val/normal/mean"]["min"] == 15.0
+    assert run.summary["val/normal/within_11.25"]["max"] == 0.5  # a "." in the key
     assert run.summary["sparsity/lambda"] == 1e-3  # float32(1e-3) is 0.0010000000474974513
 
     compact = tmp_path / "pruned.pt"

@@ -155,7 +155,8 @@ def log_run_config(trainer: L.Trainer, config: Mapping[str, Any]) -> None:
         run.config.update(dict(config), allow_val_change=True)
         run.define_metric("trainer/global_step")
         for key, summary in val_metric_summaries(config).items():
-            run.define_metric(key, step_metric="trainer/global_step", summary=summary)
+            # a "." in define_metric names means nesting ("within_11.25"): escaped
+            run.define_metric(key.replace(".", "\\."), step_metric="trainer/global_step", summary=summary)
 
 
 def results_rows(results: Mapping[str, Any]) -> list[list[Any]]:
