@@ -1,7 +1,7 @@
 """What a report needs to know about a metric key: direction, unit, axis label.
 
-Directions and units are the ones each metric class declares (:func:`~lightning_sparse_mtl.mtl.metrics.metric_direction`,
-:func:`~lightning_sparse_mtl.mtl.metrics.metric_unit`); here "°" reads "degrees", a dimensionless metric
+Directions and units are the ones each metric class declares (:func:`~.mtl.metrics.metric_direction`,
+:func:`~.mtl.metrics.metric_unit`); here "°" reads "degrees", a dimensionless metric
 "fraction" ("relative" for rel_err), and "depth unit" the dataset's (:data:`DEPTH_UNITS`, keyed by the dataset
 class named in the run's config, overridable with a ``data.depth_unit`` config key).
 """
