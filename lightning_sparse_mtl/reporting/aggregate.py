@@ -24,7 +24,7 @@ from typing import Any
 
 from lightning_sparse_mtl.mtl.delta_m import is_metric_key
 from lightning_sparse_mtl.reporting.configurations import assign_configurations, read_overrides, setting
-from lightning_sparse_mtl.reporting.plots import make_plots
+from lightning_sparse_mtl.reporting.plots import make_plots, short_labels
 from lightning_sparse_mtl.reporting.summary import add_delta_m, load_stl_baselines, summarise
 from lightning_sparse_mtl.reporting.summary_tables import summary_markdown
 from lightning_sparse_mtl.runs.atomic_io import atomic_write_text
@@ -260,7 +260,10 @@ def write_report(
     files.append(atomic_write_text(out / "report.md", markdown_report(str(root), rows, failed, plots)))
     files.append(atomic_write_text(out / "summary.csv", summary.to_csv(index=False, lineterminator="\n")))
     config = next((r["_config"] for r in rows if r.get("_config")), None)
-    md = summary_markdown(str(root), summary, notes, stl, plots, len(failed), config)
+    overrides = [r.get("_kept_overrides") for r in rows]
+    common = [o for o in overrides[0] if all(o in ov for ov in overrides)] if rows and all(overrides) else []
+    names = short_labels(rows) if len(summary) > 1 else {}
+    md = summary_markdown(str(root), summary, notes, stl, plots, len(failed), config, names, common if names else [])
     files.append(atomic_write_text(out / "summary.md", md))
     files += [out / name for name, note in plots.items() if note is None]
     files += [(out / name).with_suffix(".pdf") for name, note in plots.items() if note is None]

@@ -41,11 +41,12 @@ def _interval(rec: Mapping[str, Any], col: str) -> str:
     return f"[{_num(lo)}, {_num(hi)}]"
 
 
-def _table(records: list[dict], columns: list[str], cell, config: Mapping | None) -> list[str]:
+def _table(records: list[dict], columns: list[str], cell, config: Mapping | None, names: Mapping) -> list[str]:
     header = ["configuration", "n", *(label(c, config, arrow=False) for c in columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rec in records:
-        lines.append("| " + " | ".join([f"`{rec['config']}`", str(rec["n"]), *(cell(rec, c) for c in columns)]) + " |")
+        name = names.get(rec["config"], rec["config"])
+        lines.append("| " + " | ".join([f"`{name}`", str(rec["n"]), *(cell(rec, c) for c in columns)]) + " |")
     return lines
 
 
@@ -57,19 +58,27 @@ def summary_markdown(
     plots: Mapping[str, str | None],
     failed: int,
     config: Mapping[str, Any] | None = None,
+    names: Mapping[str, str] | None = None,
+    common: Sequence[str] = (),
 ) -> str:
-    """The whole ``summary.md`` (``config``: a run's resolved config, for the dataset's units)."""
+    """The whole ``summary.md`` (``config``: a run's resolved config, for the dataset's units; ``names``: short
+    configuration names without the ``common`` overrides every configuration shares)."""
+    names = names or {}
     records = summary.to_dict("records")
     present = {c.removesuffix("_mean") for c in summary.columns if c.endswith("_mean")}
     columns = sorted(c for c in present if is_metric_key(c)) + [c for c in MD_EXTRA if c in present]
     parts = [f"# Summary over seeds: `{root}`", "",
              f"{len(records)} configuration(s) from {int(summary['n'].sum()) if records else 0} finished run(s); "
              f"{failed} failed run(s) (see report.md). A configuration is every override of a job except `seed`.",
-             "", "## Mean ± std over seeds", ""]  # fmt: skip
-    parts += _table(records, columns, _cell, config)
+             ""]  # fmt: skip
+    if common:
+        parts += ["Overrides shared by every configuration (left out of the names below): "
+                  + ", ".join(f"`{o}`" for o in common), ""]  # fmt: skip
+    parts += ["## Mean ± std over seeds", ""]
+    parts += _table(records, columns, _cell, config, names)
     parts += ["", "std: sample standard deviation (ddof = 1) over seeds; '–' when n = 1.", "",
               "## 95 % confidence interval of the mean (t-distribution, n − 1 degrees of freedom)", ""]  # fmt: skip
-    parts += _table(records, columns, _interval, config)
+    parts += _table(records, columns, _interval, config, names)
     parts += ["", "## Δm", ""]
     parts.append("Δm = mean over metrics of ±(M − M_ref) / M_ref · 100 %, positive = better than the reference. ")
     if baselines:
