@@ -115,6 +115,8 @@ def plot_tradeoff(rows: Rows, summary: pd.DataFrame, path: Path, metrics: Sequen
         handles, names = panel if panel[0] else (handles, names)
         ax.set_xlabel("group sparsity (%)")
         ax.set_ylabel(label(metric, config), fontsize=8)
+        xs = [r["group_sparsity_%"] for r in rows if r.get("group_sparsity_%") is not None]
+        ax.set_xlim(-3, min(103, max(10.0, 1.1 * max(xs, default=0) + 3)))  # a % axis, 0 always shown
     for ax in axes[len(metrics) :]:
         ax.set_visible(False)
     if not handles:
