@@ -62,7 +62,8 @@ def test_lambda_by_seed_multirun_summary(tmp_path: Path, capsys: pytest.CaptureF
     dense = summary["experiment=tiny_test,lambda=0"]
     assert float(dense["delta_m_vs_dense_mean"]) == pytest.approx(0.0, abs=1e-9)  # its own reference
     md = (sweep / "summary.md").read_text()
-    assert "| `experiment=tiny_test,lambda=0.001` | 2 |" in md and "95 % confidence interval" in md
+    assert "| `lambda=0.001` | 2 |" in md and "95 % confidence interval" in md  # short names in the tables
+    assert "left out of the names below): `experiment=tiny_test`" in md
     assert "normal/mean (degrees" in md and "depth/abs_err (scene units" in md
     for name in ("tradeoff", "layer_sparsity"):
         assert_png(sweep / f"{name}.png")
