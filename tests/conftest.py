@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.runs import TINY
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -14,22 +15,9 @@ from omegaconf import DictConfig, open_dict
 
 from lightning_sparse_mtl.runs.configs import CONFIG_DIR
 
-ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["ROOT", "TINY", "compose_train_cfg"]
 
-# Small but real: 32 px scenes, few batches, resnet18 at output stride 8.
-TINY = [
-    "data.dataset.image_size=32",
-    "data.splits.train.num_scenes=64",
-    "data.splits.val.num_scenes=32",
-    "data.splits.test.num_scenes=32",
-    "data.batch_size=16",
-    "data.eval_batch_size=32",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-    "trainer.log_every_n_steps=1",
-    "model.head_channels=16",
-    "prune.latency_repeats=2",
-]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)

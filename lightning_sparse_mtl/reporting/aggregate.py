@@ -1,8 +1,10 @@
-"""Sweep report: ``python -m lightning_sparse_mtl.report <multirun dir> [--out DIR]``.
+"""Sweep report: ``python -m lightning_sparse_mtl.report <multirun dir> [--out DIR] [--baselines PATH ...]``.
 
 Reads each job's ``results.json`` (a job dir = a folder with ``.hydra/`` or ``results.json``, found recursively)
-and writes ``report.csv``, ``report.md`` and the plots ``tradeoff.png``, ``layer_sparsity.png`` and
-``latency.png`` (see :mod:`lightning_sparse_mtl.reporting.plots`). Job dirs without ``results.json`` (or with an
+and writes ``report.csv`` / ``report.md`` (one row per job), ``summary.csv`` / ``summary.md`` (one row per
+configuration = every override except ``seed``: n, mean, std and 95 % t-interval of every column; see
+:mod:`~lightning_sparse_mtl.reporting.configurations` and :mod:`~lightning_sparse_mtl.reporting.summary`) and the
+figures as PNG + PDF (:mod:`lightning_sparse_mtl.reporting.plots`). Job dirs without ``results.json`` (or with an
 unreadable one) are failed runs: listed in the Markdown and on stdout, never dropped.
 """
 
@@ -21,7 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from lightning_sparse_mtl.mtl.delta_m import is_metric_key
-from lightning_sparse_mtl.reporting.plots import make_plots
+from lightning_sparse_mtl.reporting.configurations import assign_configurations, read_overrides, setting
+from lightning_sparse_mtl.reporting.plots import make_plots, short_labels
+from lightning_sparse_mtl.reporting.summary import add_delta_m, load_stl_baselines, summarise
+from lightning_sparse_mtl.reporting.summary_tables import summary_markdown
 from lightning_sparse_mtl.runs.atomic_io import atomic_write_text
 from lightning_sparse_mtl.runs.errors import UserError, exit_on_user_error
 
@@ -103,12 +108,20 @@ def flatten_results(results: Mapping[str, Any], job: str) -> dict[str, Any]:
         name: number(stats.get("group_sparsity"))
         for name, stats in ((results.get("sparsity") or {}).get("layers") or {}).items()
     }
+    row["_config"] = config
+    row["_results"] = results
     return row
 
 
 def collect(root: str | os.PathLike) -> tuple[list[dict[str, Any]], list[FailedRun]]:
-    """(rows sorted by λ then seed, failed runs) for the jobs under ``root``. UserError when ``root`` does not
-    exist or holds no job."""
+    """(rows sorted by λ, configuration, seed; failed runs) for the jobs under ``root``; each row has its
+    configuration label in ``config``. UserError when ``root`` does not exist or holds no job."""
+    rows, failed, _ = collect_with_notes(root)
+    return rows, failed
+
+
+def collect_with_notes(root: str | os.PathLike) -> tuple[list[dict[str, Any]], list[FailedRun], dict[str, list]]:
+    """:func:`collect` plus ``{configuration: [non-swept keys that set it apart]}``."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root} is not a directory; give a Hydra multirun dir (e.g. multirun/<date>/<time>)")
@@ -130,10 +143,16 @@ def collect(root: str | os.PathLike) -> tuple[list[dict[str, Any]], list[FailedR
         except (OSError, UnicodeDecodeError, ValueError) as err:
             failed.append(FailedRun(job, f"unreadable {RESULTS}: {err}"))
             continue
-        rows.append(flatten_results(results, job))
+        row = flatten_results(results, job)
+        row["_overrides"] = read_overrides(job_dir)
+        run_dirs = [str(job_dir.resolve()), str(results.get("run_dir") or "")]
+        row["_setting"] = setting(row["_config"], run_dirs)
+        rows.append(row)
+    notes = assign_configurations(rows)
     inf = float("inf")
-    rows.sort(key=lambda r: (inf if r["lambda"] is None else r["lambda"], inf if r["seed"] is None else r["seed"]))
-    return rows, failed
+    rows.sort(key=lambda r: (inf if r["lambda"] is None else r["lambda"], r["config"],
+                             inf if r["seed"] is None else r["seed"]))  # fmt: skip
+    return rows, failed, notes
 
 
 def metric_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -142,8 +161,19 @@ def metric_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return keys + (["test/delta_m"] if any(r.get("test/delta_m") is not None for r in rows) else [])
 
 
+DELTA_COLUMNS = ("delta_m_vs_stl", "delta_m_vs_dense")
+
+
+def value_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Numeric report columns with a value in some row: fixed columns (not λ/seed), metrics, Δm columns."""
+    cols = [c for c, _ in FIXED_COLUMNS if c not in ("lambda", "seed")] + ["lambda"]
+    cols += metric_columns(rows) + [c for c in DELTA_COLUMNS if any(r.get(c) is not None for r in rows)]
+    return [c for c in cols if any(number(r.get(c)) is not None for r in rows)]
+
+
 def csv_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    return ["job", *(c for c, _ in FIXED_COLUMNS), *metric_columns(rows)]
+    deltas = [c for c in DELTA_COLUMNS if any(r.get(c) is not None for r in rows)]
+    return ["job", "config", *(c for c, _ in FIXED_COLUMNS), *metric_columns(rows), *deltas]
 
 
 def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -181,13 +211,18 @@ COUNT_COLUMNS = {"params", "pruned_params", "macs"}
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A Markdown table: λ, seed, group sparsity, params, MACs, latency dense/pruned (b1), each metric, Δm."""
-    metrics = metric_columns(rows)
+    """A Markdown table: λ, seed, group sparsity, params, MACs, latency dense/pruned (b1), each metric, Δm, and
+    the configuration (when the jobs are not all one)."""
+    metrics = metric_columns(rows) + [c for c in DELTA_COLUMNS if any(r.get(c) is not None for r in rows)]
+    configs = len({r.get("config") for r in rows}) > 1
+    names = {"test/delta_m": "Δm %", "delta_m_vs_stl": "Δm vs STL %", "delta_m_vs_dense": "Δm vs dense λ=0 %"}
     header = ["λ", "seed", "group sparsity %", "params", "pruned params", "MACs", "dense ms (b1)",
-              "pruned ms (b1)", *(m.removeprefix("test/").replace("delta_m", "Δm %") for m in metrics)]  # fmt: skip
+              "pruned ms (b1)", *(names.get(m, m.removeprefix("test/")) for m in metrics)]  # fmt: skip
+    header += ["configuration"] if configs else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [(si if c in COUNT_COLUMNS else fmt)(row.get(c)) for c in (*MD_COLUMNS, *metrics)]
+        cells += [f"`{row.get('config')}`"] if configs else []
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -209,26 +244,46 @@ def markdown_report(
     return "\n".join(parts) + "\n"
 
 
-def write_report(root: str | os.PathLike, out: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Collect, write ``report.csv``/``report.md``/plots into ``out`` (default ``root``); returns
-    ``{"rows", "failed", "files", "skipped"}``."""
-    rows, failed = collect(root)
+def write_report(
+    root: str | os.PathLike, out: str | os.PathLike | None = None, baselines: Sequence[str | os.PathLike] = ()
+) -> dict[str, Any]:
+    """Collect, write ``report.csv``/``report.md``, ``summary.csv``/``summary.md`` and the figures into ``out``
+    (default ``root``); returns ``{"rows", "failed", "summary" (a DataFrame), "notes", "files", "skipped"}``."""
+    stl = load_stl_baselines(baselines) if baselines else None
+    rows, failed, notes = collect_with_notes(root)
+    deltas = add_delta_m(rows, stl)
     out = Path(out if out is not None else root)
     out.mkdir(parents=True, exist_ok=True)
-    plots = make_plots(rows, out, metric_columns(rows)) if rows else {}
+    summary = summarise(rows, value_columns(rows))
+    plots = make_plots(rows, summary, out, metric_columns(rows), deltas) if rows else {}
     files = [atomic_write_text(out / "report.csv", to_csv(rows))]
     files.append(atomic_write_text(out / "report.md", markdown_report(str(root), rows, failed, plots)))
+    files.append(atomic_write_text(out / "summary.csv", summary.to_csv(index=False, lineterminator="\n")))
+    config = next((r["_config"] for r in rows if r.get("_config")), None)
+    overrides = [r.get("_kept_overrides") for r in rows]
+    common = [o for o in overrides[0] if all(o in ov for ov in overrides)] if rows and all(overrides) else []
+    names = short_labels(rows) if len(summary) > 1 else {}
+    md = summary_markdown(str(root), summary, notes, stl, plots, len(failed), config, names, common if names else [])
+    files.append(atomic_write_text(out / "summary.md", md))
     files += [out / name for name, note in plots.items() if note is None]
-    return {"rows": rows, "failed": failed, "files": files, "skipped": {k: v for k, v in plots.items() if v}}
+    files += [(out / name).with_suffix(".pdf") for name, note in plots.items() if note is None]
+    skipped = {k: v for k, v in plots.items() if v}
+    return {"rows": rows, "failed": failed, "summary": summary, "notes": notes, "files": files, "skipped": skipped}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lightning_sparse_mtl.report", description=__doc__.split("\n")[0])
     parser.add_argument("multirun_dir", help="a Hydra multirun dir (or any folder holding job dirs)")
     parser.add_argument("--out", default=None, help="output folder (default: the multirun dir)")
+    parser.add_argument("--baselines", nargs="+", default=(), metavar="PATH",
+                        help="single-task baselines for Δm: results.json files, or folders whose dense (λ=0) "
+                        "single-task runs are averaged over seeds")  # fmt: skip
     args = parser.parse_args(argv)
-    report = exit_on_user_error(lambda: write_report(args.multirun_dir, args.out))
-    print(f"{len(report['rows'])} finished run(s), {len(report['failed'])} failed")
+    report = exit_on_user_error(lambda: write_report(args.multirun_dir, args.out, args.baselines))
+    print(f"{len(report['rows'])} finished run(s), {len(report['failed'])} failed, "
+          f"{len(report['summary'])} configuration(s)")  # fmt: skip
+    for config, keys in report["notes"].items():
+        print(f"kept apart: {config} (differs in non-swept keys: {', '.join(keys)})")
     for f in report["failed"]:
         print(f"FAILED {f.job}: {f.reason}")
     for name, note in report["skipped"].items():

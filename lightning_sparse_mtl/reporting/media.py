@@ -17,6 +17,9 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from matplotlib import colormaps
 
+from lightning_sparse_mtl.reporting.metric_info import depth_unit
+from lightning_sparse_mtl.runs.configs import plain_config
+
 SEG_ALPHA = 0.55
 MIN_TILE = 96  # tiles are upscaled (nearest) to at least this many pixels on their short side
 PAD = 2
@@ -154,14 +157,21 @@ def _numpy(batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 class PredictionImages(L.Callback):
     """Every ``every_n_epochs`` validation epochs, render the first ``num_images`` samples of the first val batch:
-    input | seg target/pred (colour overlay) | depth target/pred | normals target/pred (as RGB).
+    input | seg target/pred (colour overlay) + class legend (``class_names``, else "class k") | depth target/pred
+    with a colour bar in the dataset's unit + |error| map | normals target/pred (RGB, hemisphere key) + angular
+    error map.
 
     Logged as ``key`` to every WandbLogger (one image per sample); without one, saved to
     ``<dirpath or trainer.default_root_dir/predictions>/epoch{NNN}.png``. Runs on global rank 0 only.
     """
 
     def __init__(
-        self, every_n_epochs: int = 1, num_images: int = 4, key: str = "val/predictions", dirpath: str | None = None
+        self,
+        every_n_epochs: int = 1,
+        num_images: int = 4,
+        key: str = "val/predictions",
+        dirpath: str | None = None,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         if every_n_epochs < 1 or num_images < 1:
             raise ValueError(f"every_n_epochs and num_images must be >= 1, got {every_n_epochs}, {num_images}")
@@ -169,6 +179,7 @@ class PredictionImages(L.Callback):
         self.num_images = num_images
         self.key = key
         self.dirpath = dirpath
+        self.class_names = list(class_names) if class_names else None
         self._batch: dict[str, torch.Tensor] | None = None
         self.last_path: Path | None = None
 
@@ -190,7 +201,7 @@ class PredictionImages(L.Callback):
             return
         with torch.no_grad():
             preds = _numpy(pl_module(batch["image"].to(pl_module.device)))
-        grids, titles = self.render(pl_module, _numpy(batch), preds)
+        grids, titles = self.render(pl_module, _numpy(batch), preds, self.class_names)
         wandb = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         if wandb:
             caption = " | ".join(titles)
@@ -202,21 +213,33 @@ class PredictionImages(L.Callback):
 
     @staticmethod
     def render(
-        pl_module: L.LightningModule, batch: Mapping[str, np.ndarray], preds: Mapping[str, np.ndarray]
+        pl_module: L.LightningModule,
+        batch: Mapping[str, np.ndarray],
+        preds: Mapping[str, np.ndarray],
+        class_names: Sequence[str] | None = None,
     ) -> tuple[list[np.ndarray], list[str]]:
-        """One uint8 grid (a single row of panels) per sample, and the panel titles."""
+        """One annotated uint8 figure per sample (:func:`~.prediction_figure.prediction_figure`) and the
+        panel titles."""
+        from lightning_sparse_mtl.reporting.prediction_figure import prediction_figure
+
         specs = pl_module.net.tasks
         kinds = {t: s.kind for t, s in specs.items()}
         classes = {t: s.out_channels for t, s in specs.items() if s.kind == "seg"}
         grids, titles = [], []
         for i in range(len(batch["image"])):
-            panels = sample_panels(
+            grid, titles = prediction_figure(
                 batch["image"][i],
                 {t: batch[t][i] for t in kinds if t in batch},
                 {t: preds[t][i] for t in kinds if t in preds},
                 kinds,
                 classes,
+                class_names,
+                _depth_unit(pl_module),
             )
-            titles = [title for title, _ in panels]
-            grids.append(render_grid([[p for _, p in panels]]))
+            grids.append(grid)
         return grids, titles
+
+
+def _depth_unit(pl_module: L.LightningModule) -> str:
+    cfg = getattr(pl_module, "hparams", {}).get("cfg")
+    return depth_unit(plain_config(cfg, ("data",))) if cfg is not None else "depth unit"

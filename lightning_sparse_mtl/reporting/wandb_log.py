@@ -1,8 +1,13 @@
-"""Weights & Biases glue: one W&B run per Hydra job, one group per multirun, full config, final tables.
+"""Weights & Biases glue: one W&B run per Hydra job, one group per multirun, config once, final tables.
 
 ``logger=wandb`` builds :class:`HydraWandbLogger` (a ``WandbLogger`` whose ``group``/``name`` default to the
-multirun's sweep dir / ``<job num>_<overrides>``). ``train`` calls :func:`log_run_config` after building the trainer,
-:func:`log_final_tables` once ``results`` are known and :func:`finish_loggers` at the very end (also on
+multirun's name — its sweep dir relative to where it was launched — and ``<job num>_<overrides>``). The module's
+hyperparameters (``{"cfg": cfg}``) are logged as the resolved config itself, once (no ``cfg`` copy); metrics
+logged through Lightning as float32 keep their shortest decimal form (λ = 1e-5, not 9.99999974e-06).
+``train`` calls :func:`log_run_config` after building the trainer (config + ``define_metric``: the summary of
+every ``val/<task>/<metric>`` is its best value, max or min by the metric's direction),
+:func:`log_final_tables` once ``results`` are known (tables, and with ``log_model`` the compact model as an
+artifact; Lightning's WandbLogger uploads the checkpoints) and :func:`finish_loggers` at the very end (also on
 failure), so each job of a multirun closes its own run. Every function is a no-op without a W&B logger.
 """
 
@@ -15,12 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from lightning_sparse_mtl.mtl.tasks import build_task
+from lightning_sparse_mtl.runs.configs import plain_config
+from lightning_sparse_mtl.runs.errors import UserError
+
 MAX_NAME_LEN = 128  # W&B limit for group / run names
+NAME_EXCLUDE = ("logger", "callbacks", "trainer.enable_progress_bar", "hydra.")  # not part of a run's name
 # results.json scalar prefixes shown in the final "results" table
 RESULT_PREFIXES = ("test/", "sparsity/", "pruned/", "dense/")
 RESULT_KEYS = ("params", "wall_time_s", "lambda", "seed")
@@ -38,18 +49,49 @@ def _short(text: str | Path) -> str:
     return text if len(text) <= MAX_NAME_LEN else text[-MAX_NAME_LEN:]
 
 
+def readable_dir(path: str | Path, launch_dir: str | Path | None) -> str:
+    """``path`` relative to the launch dir when inside it (``multirun/2026-12-01/21-00-00``), else its last two
+    components; never an absolute path."""
+    path = Path(path)
+    if launch_dir is not None:
+        full = path if path.is_absolute() else Path(launch_dir) / path
+        try:
+            return full.resolve().relative_to(Path(launch_dir).resolve()).as_posix()
+        except ValueError:
+            pass
+    return "/".join(path.parts[-2:]) if not path.is_absolute() or len(path.parts) > 2 else path.name
+
+
+def run_name_overrides(overrides: list[str]) -> str:
+    """The job's overrides that say what it is: logger/callback plumbing (:data:`NAME_EXCLUDE`) is left out."""
+    kept = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith(NAME_EXCLUDE)]
+    return ",".join(kept)
+
+
 def hydra_group_and_name() -> tuple[str | None, str | None]:
-    """(group, name) for the current Hydra job. group: the multirun's sweep dir (shared by its jobs) or, for a
-    single run, its own run dir. name: ``<job num>_<override_dirname>`` in a multirun, else the overrides (or the
-    run dir name when there are none)."""
+    """(group, name) for the current Hydra job. group: the multirun's name, its sweep dir relative to the launch
+    dir (shared by its jobs), or for a single run its own run dir, likewise. name: ``<job num>_<overrides>`` in a
+    multirun (overrides in command-line order, without logger/callback plumbing), else the overrides (or the run
+    dir name when there are none)."""
     if not HydraConfig.initialized():
         return None, None
     hc = HydraConfig.get()
-    overrides = hc.job.get("override_dirname") or ""
+    overrides = run_name_overrides(list(hc.overrides.get("task") or []))
+    cwd = hc.runtime.get("cwd")
     if hc.mode == RunMode.MULTIRUN:
         num = hc.job.get("num")
-        return _short(hc.sweep.dir), (f"{num}_{overrides}" if overrides else str(num))[:MAX_NAME_LEN]
-    return _short(hc.run.dir), (overrides[:MAX_NAME_LEN] or _short(Path(hc.runtime.output_dir).name))
+        name = f"{num}_{overrides}" if overrides else str(num)
+        return _short(readable_dir(hc.sweep.dir, cwd)), name[:MAX_NAME_LEN]
+    name = overrides[:MAX_NAME_LEN] or _short(Path(hc.runtime.output_dir).name)
+    return _short(readable_dir(hc.run.dir, cwd)), name
+
+
+def shortest_float(value: float) -> float:
+    """A float32 value (what Lightning logs) as its shortest decimal: 9.99999974737875e-06 -> 1e-05. Other
+    values are returned unchanged."""
+    if isinstance(value, float) and math.isfinite(value) and float(np.float32(value)) == value:
+        return float(np.format_float_positional(np.float32(value), unique=True, trim="-"))
+    return value
 
 
 def _close_stale_run() -> None:
@@ -69,6 +111,18 @@ class HydraWandbLogger(WandbLogger):
             _close_stale_run()
         super().__init__(name=name or auto_name, group=group or auto_group, **kwargs)
 
+    @rank_zero_only
+    def log_hyperparams(self, params: Any) -> None:
+        """The module's ``{"cfg": cfg}`` is logged as the resolved config itself (its keys at the top level)."""
+        params = dict(params) if isinstance(params, Mapping) else dict(vars(params))
+        if set(params) == {"cfg"}:
+            params = plain_config(params["cfg"])
+        super().log_hyperparams(params)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        super().log_metrics({k: shortest_float(v) for k, v in metrics.items()}, step)
+
 
 def wandb_loggers(trainer: L.Trainer | None) -> list[WandbLogger]:
     return [lg for lg in (trainer.loggers if trainer is not None else []) if isinstance(lg, WandbLogger)]
@@ -78,12 +132,31 @@ def _scalar(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def val_metric_summaries(config: Mapping[str, Any]) -> dict[str, str]:
+    """``{"val/<task>/<metric>": "max" | "min"}`` (best value by the metric's direction) plus ``val/loss``."""
+    data = config.get("data") or {}
+    out = {"val/loss": "min"}
+    for task in config.get("tasks") or []:
+        try:
+            spec = build_task(task, max(2, int(data.get("num_classes") or 2)), data.get("attributes") or [])
+        except UserError:
+            continue
+        out.update({f"val/{task}/{m}": "max" if hib else "min" for m, hib in spec.higher_is_better.items()})
+    return out
+
+
 @rank_zero_only
 def log_run_config(trainer: L.Trainer, config: Mapping[str, Any]) -> None:
-    """Put the full resolved train config (``plain_config(cfg)``) into ``wandb.config``; its top-level keys,
-    ``lambda`` among them, become W&B config columns. (The module's own hparams arrive under ``cfg``.)"""
+    """Put the full resolved train config (``plain_config(cfg)``) into ``wandb.config`` (its top-level keys,
+    ``lambda`` among them, become W&B config columns) and define the validation metrics so the run summary holds
+    their best value (``summary["val/seg/miou"]["max"]``), stepped by ``trainer/global_step``."""
     for logger in wandb_loggers(trainer):
-        logger.experiment.config.update(dict(config), allow_val_change=True)
+        run = logger.experiment
+        run.config.update(dict(config), allow_val_change=True)
+        run.define_metric("trainer/global_step")
+        for key, summary in val_metric_summaries(config).items():
+            # a "." in define_metric names means nesting ("within_11.25"): escaped
+            run.define_metric(key.replace(".", "\\."), step_metric="trainer/global_step", summary=summary)
 
 
 def results_rows(results: Mapping[str, Any]) -> list[list[Any]]:
@@ -118,18 +191,36 @@ def pruning_rows(results: Mapping[str, Any]) -> list[list[Any]]:
     return rows
 
 
+def log_compact_model(logger: WandbLogger, results: Mapping[str, Any]) -> Any:
+    """With ``log_model`` on: the compact (pruned) model file as a ``model`` artifact, its size figures as
+    metadata; returns the artifact (None when there is nothing to log)."""
+    path = results.get("pruned/path")
+    if not getattr(logger, "_log_model", False) or not path or not Path(path).is_file():
+        return None
+    import wandb
+
+    run = logger.experiment
+    meta = {k: v for k, v in results.items() if k.startswith(("pruned/", "dense/")) and _scalar(v)}
+    artifact = wandb.Artifact(f"compact-{run.id}", type="model", metadata=meta)
+    artifact.add_file(str(path), name=Path(path).name)
+    run.log_artifact(artifact, aliases=["latest", "compact"])
+    return artifact
+
+
 @rank_zero_only
-def log_final_tables(trainer: L.Trainer, results: Mapping[str, Any]) -> None:
+def log_final_tables(trainer: L.Trainer, results: Mapping[str, Any]) -> list:
     """Log the final results as W&B tables (``final/results``, ``final/layer_sparsity`` with a bar chart,
-    ``final/pruning``) and copy the scalar results into the run summary. No-op without a WandbLogger."""
+    ``final/pruning``), copy the scalar results into the run summary and, with ``log_model``, log the compact
+    model as an artifact. Returns the artifacts logged. No-op without a WandbLogger."""
     loggers = wandb_loggers(trainer)
     if not loggers:
-        return
+        return []
     import wandb
 
     scalars = results_rows(results)
     layers = layer_rows(results)
     pruning = pruning_rows(results)
+    artifacts = []
     for logger in loggers:
         run = logger.experiment
         run.summary.update(dict(scalars))
@@ -144,6 +235,8 @@ def log_final_tables(trainer: L.Trainer, results: Mapping[str, Any]) -> None:
         if pruning:
             payload["final/pruning"] = wandb.Table(columns=["quantity", "dense", "pruned", "ratio"], data=pruning)
         run.log({**payload, "trainer/global_step": trainer.global_step})
+        artifacts.append(log_compact_model(logger, results))
+    return [a for a in artifacts if a is not None]
 
 
 def finish_loggers(trainer: L.Trainer | None, failed: bool = False) -> None:

@@ -1,0 +1,177 @@
+"""The seed's study on the embedded dataset: single-task (seg, depth, normal) and multi-task, dense and sparse
+(the ``digits_sparse`` recipe), 3 seeds each; then the report (STL dense runs = the Δm baselines) and the
+per-task channel usage (Jaccard overlap of kept encoder channels, STL sparse vs STL sparse and vs MTL sparse).
+
+    python experiments/digits_study.py                          # the whole study (24 jobs), resumable
+    nohup python experiments/digits_study.py --lock /tmp/lsmtl-heavy.lock > study.log 2>&1 &   # in the background
+    python experiments/digits_study.py --report-only            # tables and figures from the finished jobs
+    python experiments/digits_study.py --tiny --out /tmp/study  # the pipeline end to end in ~2 min
+
+Jobs run one after another as ``python -m lightning_sparse_mtl.train experiment=digits_study <overrides>`` with
+``hydra.run.dir=<out>/runs/<job>``. A job dir holding ``results.json`` is finished and skipped, so an interrupted
+study resumes where it stopped; a job dir without it (a job killed mid-run) is cleared and that job rerun.
+``--lock`` takes an exclusive ``flock`` on a file around each job (others can run between jobs).
+Outputs in ``<out>``: ``runs/`` (the jobs), ``report.csv``/``summary.csv``/``summary.md`` and figures (the
+report), ``channel_overlap.csv``/``.md``/``.png``/``.pdf``, ``study.json`` (commands, times).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lightning_sparse_mtl.reporting.aggregate import write_report  # noqa: E402
+from lightning_sparse_mtl.reporting.channel_usage import (  # noqa: E402
+    kept_channels,
+    overlap_markdown,
+    overlap_table,
+    plot_overlap,
+)
+
+TASKS = {"seg": "[seg]", "depth": "[depth]", "normal": "[normal]", "mtl": "[seg,depth,normal]"}
+# --tiny: the same pipeline in seconds per job (tiny images, few steps); for checking, not for conclusions
+TINY = ["data.dataset.image_size=32", "data.splits.train.num_scenes=64", "data.splits.val.num_scenes=32",
+        "data.splits.test.num_scenes=32", "data.batch_size=16", "data.eval_batch_size=32", "trainer.max_epochs=1",
+        "trainer.limit_train_batches=4", "model.head_channels=16", "prune.latency_repeats=2"]  # fmt: skip
+TINY_LAMBDA = "1e-2"  # strong enough to zero channels in 4 steps
+
+
+def preset_lambda() -> str:
+    """The sparse λ of the ``digits_study`` preset (the ``digits_sparse`` recipe's)."""
+    from hydra import compose, initialize_config_dir
+
+    from lightning_sparse_mtl.runs.configs import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return f"{compose('train', overrides=['experiment=digits_study'])['lambda']:g}"
+
+
+def jobs(tasks: list[str], seeds: list[int], sparse_lambda: str) -> list[tuple[str, list[str]]]:
+    """``[(job name, overrides)]``: every task set × {dense (λ = 0), sparse (``sparse_lambda``)} × seed."""
+    out = []
+    for task in tasks:
+        for mode, lam in (("dense", "0"), ("sparse", sparse_lambda)):
+            for seed in seeds:
+                out.append((f"{task}_{mode}_s{seed}", [f"tasks={TASKS[task]}", f"lambda={lam}", f"seed={seed}"]))
+    return out
+
+
+@contextmanager
+def maybe_lock(path: str | None):
+    if not path:
+        yield
+        return
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def run_job(run_dir: Path, overrides: list[str], extra: list[str], lock: str | None) -> float | None:
+    """Run one job unless finished; returns its wall time (None when skipped). Raises on a failed job."""
+    if (run_dir / "results.json").is_file():
+        return None
+    if run_dir.exists():  # killed mid-run: start it again from scratch
+        shutil.rmtree(run_dir)
+    cmd = [sys.executable, "-m", "lightning_sparse_mtl.train", "experiment=digits_study", *extra, *overrides,
+           f"hydra.run.dir={run_dir}"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    with maybe_lock(lock):
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"job {run_dir.name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return wall
+
+
+def channel_usage(runs_dir: Path, out: Path, seeds: list[int]) -> Path | None:
+    """Jaccard overlaps of the sparse runs' kept channels (STL pairs and each STL vs MTL), table + heatmap."""
+    masks: dict[str, list] = {}
+    label = {"seg": "seg", "depth": "depth", "normal": "normal", "mtl": "MTL"}
+    for task in TASKS:
+        per_seed = []
+        for seed in seeds:
+            path = runs_dir / f"{task}_sparse_s{seed}" / "results.json"
+            if not path.is_file():
+                break
+            res = json.loads(path.read_text())
+            per_seed.append(kept_channels(res["ckpt_path"], list(res["sparsity"]["layers"])))
+        if len(per_seed) == len(seeds):
+            masks[label[task]] = per_seed
+    stl = [t for t in ("seg", "depth", "normal") if t in masks]
+    pairs = [(a, b) for i, a in enumerate(stl) for b in stl[i + 1 :]] + [(t, "MTL") for t in stl if "MTL" in masks]
+    if not pairs:
+        return None
+    table = overlap_table(masks, pairs)
+    table.to_csv(out / "channel_overlap.csv", index=False)
+    head = (
+        "# Kept encoder channels: Jaccard overlap between the sparse runs\n\nPer layer, |A ∩ B| / |A ∪ B| of the "
+        "input channels left non-zero; mean ± std over seeds (runs of the same seed are paired).\n\n"
+    )
+    (out / "channel_overlap.md").write_text(head + overlap_markdown(table) + "\n")
+    plot_overlap(table, out / "channel_overlap.png")
+    return out / "channel_overlap.md"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=str(ROOT / "experiments" / "results" / "digits_study"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--lambda", dest="lam", default=None, help="sparse λ (default: the preset's)")
+    parser.add_argument("--tiny", action="store_true", help="tiny images and few steps: check the pipeline")
+    parser.add_argument("--lock", default=None, help="flock this file around each job")
+    parser.add_argument("--max-jobs", type=int, default=None, help="run at most this many new jobs, then stop")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--dry-run", action="store_true", help="print the jobs and exit")
+    parser.add_argument("overrides", nargs="*", help="extra train overrides for every job (e.g. trainer.max_epochs=3)")
+    args = parser.parse_args(argv)
+    out = Path(args.out).resolve()
+    runs_dir = out / "runs"
+    extra = [*(TINY if args.tiny else []), *args.overrides]
+    todo = jobs(args.tasks, args.seeds, args.lam or (TINY_LAMBDA if args.tiny else preset_lambda()))
+    log_path = out / "study.json"
+    log = json.loads(log_path.read_text()) if log_path.is_file() else {"jobs": {}}
+    log["extra_overrides"] = extra
+    if args.dry_run:
+        for name, overrides in todo:
+            print(name, " ".join(["experiment=digits_study", *extra, *overrides]))
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    ran = 0
+    for i, (name, overrides) in enumerate(todo):
+        if args.report_only or (args.max_jobs is not None and ran >= args.max_jobs):
+            break
+        wall = run_job(runs_dir / name, overrides, extra, args.lock)
+        status = "skipped (finished)" if wall is None else f"{wall:.0f} s"
+        print(f"[{i + 1}/{len(todo)}] {name}: {status}", flush=True)
+        if wall is not None:
+            ran += 1
+            log["jobs"][name] = {"overrides": overrides, "wall_s": wall}
+            log_path.write_text(json.dumps(log, indent=2))
+    if not runs_dir.is_dir():
+        print("no finished job yet")
+        return
+    report = write_report(runs_dir, out, baselines=[runs_dir])
+    print(f"report: {len(report['rows'])} run(s), {len(report['summary'])} configuration(s) -> {out}/summary.md")
+    usage = channel_usage(runs_dir, out, args.seeds)
+    if usage:
+        print(f"channel usage -> {usage}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The digits study: job list, resume (finished jobs skipped), channel-usage overlaps (closed-form Jaccard)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers.runs import ROOT, assert_pdf, assert_png
+
+from lightning_sparse_mtl.reporting.channel_usage import jaccard, kept_channels, overlap_table, plot_overlap
+
+
+def load_study():
+    spec = importlib.util.spec_from_file_location("digits_study", ROOT / "experiments" / "digits_study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_study_jobs_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    study = load_study()
+    todo = study.jobs(list(study.TASKS), [0, 1, 2], "1e-05")
+    assert len(todo) == 4 * 2 * 3 and len({name for name, _ in todo}) == 24
+    assert ("mtl_sparse_s2", ["tasks=[seg,depth,normal]", "lambda=1e-05", "seed=2"]) in todo
+    assert study.preset_lambda() == "1e-05"  # the digits_sparse recipe's λ
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "results.json").write_text("{}")
+    calls = []
+    monkeypatch.setattr(study.subprocess, "run", lambda *a, **k: calls.append(a) or pytest.fail("ran a finished job"))
+    assert study.run_job(done, ["seed=0"], [], None) is None and not calls
+    partial = tmp_path / "partial"
+    (partial / "checkpoints").mkdir(parents=True)
+
+    class Done:
+        returncode, stderr = 0, ""
+
+    monkeypatch.setattr(study.subprocess, "run", lambda cmd, **k: calls.append(cmd) or Done())
+    assert study.run_job(partial, ["seed=0"], ["x=1"], None) is not None
+    assert not partial.exists()  # a killed job's leftovers are cleared before it is rerun
+    assert calls[0][-3:] == ["x=1", "seed=0", f"hydra.run.dir={partial}"]
+
+
+def fake_ckpt(path: Path, kept: dict[str, list[int]], channels: int = 4) -> Path:
+    state = {}
+    for name, keep in kept.items():
+        w = torch.zeros(3, channels, 3, 3)
+        w[:, keep] = 1.0
+        state[f"{name}.weight"] = w
+    torch.save({"state_dict": state}, path)
+    return path
+
+
+def test_channel_overlap_closed_form(tmp_path: Path) -> None:
+    layers = ["net.encoder.l1", "net.encoder.l2"]
+    a = kept_channels(fake_ckpt(tmp_path / "a.ckpt", {"net.encoder.l1": [0, 1], "net.encoder.l2": []}), layers)
+    b = kept_channels(fake_ckpt(tmp_path / "b.ckpt", {"net.encoder.l1": [1, 2, 3], "net.encoder.l2": []}), layers)
+    c = kept_channels(fake_ckpt(tmp_path / "c.ckpt", {"net.encoder.l1": [0, 1], "net.encoder.l2": [0]}), layers)
+    assert a["net.encoder.l1"].tolist() == [True, True, False, False]
+    assert jaccard(a["net.encoder.l1"], b["net.encoder.l1"]) == pytest.approx(1 / 4)
+    assert math.isnan(jaccard(a["net.encoder.l2"], b["net.encoder.l2"]))  # both pruned the whole layer
+    table = overlap_table({"seg": [a, c], "MTL": [b, c]}, [("seg", "MTL")])
+    l1 = table[table["layer"] == "net.encoder.l1"].iloc[0]
+    assert l1["jaccard_mean"] == pytest.approx((0.25 + 1.0) / 2) and l1["n"] == 2
+    assert l1["jaccard_std"] == pytest.approx(np.std([0.25, 1.0], ddof=1))
+    assert l1["kept_a"] == pytest.approx(0.5) and l1["kept_b"] == pytest.approx((0.75 + 0.5) / 2)
+    l2 = table[table["layer"] == "net.encoder.l2"].iloc[0]
+    assert l2["n"] == 1 and l2["jaccard_mean"] == 1.0  # seed 0: both empty (skipped); seed 1: the same channel
+    plot_overlap(table, tmp_path / "overlap.png")
+    assert_png(tmp_path / "overlap.png")
+    assert_pdf(tmp_path / "overlap.pdf")
+    json.dumps(table.to_dict("records"))  # plain values
