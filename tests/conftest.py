@@ -29,6 +29,8 @@ TINY = [
     "trainer.log_every_n_steps=1",
     "model.head_channels=16",
     "prune.latency_repeats=2",
+    "prune.min_run_time=0.01",
+    "prune.batch_sizes=[1,8]",
 ]
 
 
