@@ -31,6 +31,7 @@ TINY = [
     "prune.latency_repeats=2",
     "prune.min_run_time=0.01",
     "prune.batch_sizes=[1,8]",
+    "prune.export=false",  # exports are covered once in test_deploy.py / test_prune_cli.py
 ]
 
 
