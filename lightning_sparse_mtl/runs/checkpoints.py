@@ -120,6 +120,10 @@ def _read(path: str | os.PathLike) -> Any:
         ) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_legacy_pickle)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as err:
+        raise UserError(
+            f"cannot read {path} as a torch file ({type(err).__name__}); is it truncated or foreign?"
+        ) from None
     except (ImportError, AttributeError) as err:
         raise UserError(
             f"{path} pickles classes that no longer exist ({err}); re-run prune on its checkpoint"
