@@ -1,8 +1,10 @@
 """Physically prune a trained checkpoint and measure it: ``python -m lightning_sparse_mtl.prune ckpt_path=<ckpt>``.
 
-Writes the compact model (``pruned.pt``, loads with ``torch.load(path, weights_only=False)["model"]``) and a
-speed report (params, MACs, latency at batch 1 and 8 for dense and pruned), merged into the run's
-``results.json`` under ``pruned/...`` and ``dense/...``.
+Writes, next to the checkpoint's run: ``pruned.pt`` (state dict + architecture; ``runs.checkpoints.load_pruned``
+rebuilds it, ``torch.load(path, weights_only=True)`` reads it), ``pruned.pt2`` (``torch.export.load``) and, with
+the ``[deploy]`` extra, ``pruned.onnx`` / ``dense.onnx``, each verified; and a speed report (params, exact MACs,
+dense vs pruned latency per runtime and batch, median and IQR, per-layer profile) merged into the run's
+``results.json`` under ``pruned/...``, ``dense/...`` and ``speed/...``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ def main(cfg: DictConfig) -> None:
             batch_sizes=list(cfg.batch_sizes),
             repeats=cfg.repeats,
             threads=cfg.threads,
+            round_to=cfg.round_to,
+            fold_bn=cfg.fold_bn,
+            channels_last=cfg.channels_last,
+            export=cfg.export,
+            min_run_time=cfg.min_run_time,
         )
     )
 

@@ -90,6 +90,15 @@ def collect_results(cfg: DictConfig, module: SparseMTLModule, test_metrics: dict
     }
 
 
+def prune_options(prune_cfg) -> dict:
+    """Keyword arguments of ``prune_and_measure`` from the ``prune:`` block of the train config."""
+    keys = ("batch_sizes", "threads", "round_to", "fold_bn", "channels_last", "export", "min_run_time")
+    opts = {k: prune_cfg[k] for k in keys if prune_cfg.get(k) is not None}
+    if "batch_sizes" in opts:
+        opts["batch_sizes"] = list(opts["batch_sizes"])
+    return {**opts, "repeats": prune_cfg.get("latency_repeats", 5)}
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit, test, prune (lambda > 0), write ``results.json`` in the run directory; returns the results dict."""
     validate_sparsity_weight(cfg.get("lambda"))
@@ -112,7 +121,7 @@ def train(cfg: DictConfig) -> dict:
         test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0]
         results = {**collect_results(cfg, module, test_metrics, run_dir, start), "ckpt_path": ckpt_path}
         if trainer.is_global_zero and module.sparsity.active and cfg.prune.after_train:
-            figures = prune_and_measure(module, run_dir / "pruned.pt", repeats=cfg.prune.latency_repeats)
+            figures = prune_and_measure(module, run_dir / "pruned.pt", **prune_options(cfg.prune))
             results.update(figures or {"pruned/channels_removed": 0})
         if trainer.is_global_zero:
             write_results(run_dir / "results.json", results)

@@ -84,7 +84,9 @@ def test_pruned_model_reloads_in_a_fresh_process(dense_run: Path, tmp_path: Path
     expected = load_pruned(tmp_path / "run" / "pruned.pt")["model"].eval()(x)
     code = (
         "import torch, sys; p, x, o = sys.argv[1:]; "
-        "net = torch.load(p, weights_only=False)['model'].eval(); "
+        "from lightning_sparse_mtl.runs.checkpoints import load_pruned; "
+        "assert torch.load(p, weights_only=True)['format']; "
+        "net = load_pruned(p)['model']; "
         "torch.save({k: v for k, v in net(torch.load(x)).items()}, o)"
     )
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "run" / "pruned.pt"), str(tmp_path / "x.pt"),

@@ -1,18 +1,31 @@
-"""The compact model: prune a trained net (a copy), verify it, save it, and measure dense vs pruned."""
+"""The compact model: prune a trained net (a copy), put it in inference form, export, verify, measure, save.
+
+Files written next to ``output`` (default ``<run>/pruned.pt``): ``pruned.pt`` (state dict + architecture),
+``pruned.pt2`` (torch.export), and with the ``[deploy]`` extra ``pruned.onnx`` and ``dense.onnx``. Every
+model derived from the trained net (pruned, rounded, BN-folded, exported) is checked against the zero-masked
+dense net on random input (max abs diff <= 1e-4).
+"""
 
 from __future__ import annotations
 
 import copy
-import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
+from rich.console import Console
+from rich.table import Table
 
-from lightning_sparse_mtl.deploy.measure import count_macs, count_params, measure_latency
+from lightning_sparse_mtl.deploy import export as ex
+from lightning_sparse_mtl.deploy.inference import compare, inference_form
+from lightning_sparse_mtl.deploy.measure import count_macs, count_params
+from lightning_sparse_mtl.deploy.speed import eager_runner, layer_profile, onnx_runner, speed_table
 from lightning_sparse_mtl.runs.checkpoints import save_pruned
+from lightning_sparse_mtl.runs.errors import UserError
 from lightning_sparse_mtl.sparsity.pruning import prune_zero_channels
+
+ATOL = 1e-4
 
 
 def input_size_of(cfg: dict) -> tuple[int, int]:
@@ -24,60 +37,139 @@ def input_size_of(cfg: dict) -> tuple[int, int]:
     return tuple(datamodule.build("test")[0]["image"].shape[-2:])  # type: ignore[return-value]
 
 
-def latency_table(
-    dense: torch.nn.Module, pruned: torch.nn.Module, size: tuple[int, int], batch_sizes: Sequence[int],
-    repeats: int, threads: int, device: str = "cpu",
-) -> dict[str, float]:  # fmt: skip
-    """Median latency (ms) of dense and pruned, measured alternately (3 rounds) on random input of each batch size."""
-    out: dict[str, float] = {}
-    tag = "" if device == "cpu" else f"{device}_"
-    for b in batch_sizes:
-        x = torch.rand(b, 3, *size, device=device)
-        times: dict[str, list[float]] = {"dense": [], "pruned": []}
-        for _ in range(3):
-            for name, net in (("dense", dense), ("pruned", pruned)):
-                times[name].append(
-                    measure_latency(net.to(device), x, warmup=2, repeats=repeats, threads=threads)["median"]
-                )
-        d, p = statistics.median(times["dense"]), statistics.median(times["pruned"])
-        out[f"dense/{tag}latency_b{b}_ms"] = 1e3 * d
-        out[f"pruned/{tag}latency_b{b}_ms"] = 1e3 * p
-        out[f"pruned/{tag}speedup_b{b}"] = d / p
+def prune_copy(dense: torch.nn.Module, size: tuple[int, int], round_to: int = 1):
+    """(pruned copy of ``dense``, PruneReport); ``round_to`` keeps multiples of N channels (still exact)."""
+    pruned = copy.deepcopy(dense).eval()
+    report = prune_zero_channels(pruned, torch.rand(2, 3, *size), pruned.head_output_layers(), ATOL, round_to)
+    return pruned, report
+
+
+def _exports(dense_inf, pruned_inf, dense, output: Path, size, tasks: Sequence[str]) -> dict[str, str | float]:
+    inputs = [torch.rand(2, 3, *size), torch.rand(3, 3, *size)]
+    out: dict[str, str | float] = {}
+    try:
+        out["pruned/pt2_max_abs_diff"] = ex.export_pt2(pruned_inf, output.with_suffix(".pt2"), inputs, dense, ATOL)
+        if ex.onnx_available():
+            onnx_pruned, onnx_dense = output.with_suffix(".onnx"), output.parent / "dense.onnx"
+            out["pruned/onnx_max_abs_diff"] = ex.export_onnx(pruned_inf, onnx_pruned, inputs, tasks, dense, ATOL)
+            out["dense/onnx_max_abs_diff"] = ex.export_onnx(dense_inf, onnx_dense, inputs, tasks, dense, ATOL)
+            out["pruned/onnx_path"], out["dense/onnx_path"] = str(onnx_pruned), str(onnx_dense)
+        else:
+            print("ONNX export skipped: install the [deploy] extra (onnx, onnxruntime) for pruned.onnx / dense.onnx")
+    except ex.ExportError as err:
+        raise UserError(str(err)) from None
+    out["pruned/pt2_path"] = str(output.with_suffix(".pt2"))
     return out
 
 
-def prune_and_measure(
-    module, output: Path, batch_sizes: Sequence[int] = (1, 8), repeats: int = 10, threads: int = 2
-) -> dict | None:
-    """Prune ``module.net`` (a copy), verify, save to ``output``, and return the ``pruned/...`` figures.
+def _runners(dense_inf, pruned_inf, files: dict, threads: int) -> dict:
+    runners = {"eager": {"dense": eager_runner(dense_inf), "pruned": eager_runner(pruned_inf)}}
+    if "pruned/onnx_path" in files:
+        runners["onnxruntime"] = {
+            k: onnx_runner(ex.onnx_session(files[f"{k}/onnx_path"], threads)) for k in ("dense", "pruned")
+        }
+    if torch.cuda.is_available():
+        gpu = {k: copy.deepcopy(m).cuda() for k, m in (("dense", dense_inf), ("pruned", pruned_inf))}
+        runners["cuda_eager"] = {k: eager_runner(m, "cuda") for k, m in gpu.items()}
+        runners["cuda_compile"] = {k: eager_runner(torch.compile(m), "cuda") for k, m in gpu.items()}
+    return runners
 
-    Returns None (and changes nothing) when no channel is removable.
+
+def prune_and_measure(
+    module, output: Path, batch_sizes: Sequence[int] = (1, 8, 32), repeats: int = 5, threads: int = 2,
+    round_to: int = 1, fold_bn: bool = True, channels_last: bool = False, export: bool = True,
+    min_run_time: float = 0.2, profile: bool = True,
+) -> dict | None:  # fmt: skip
+    """Prune ``module.net`` (a copy), verify, export, time dense vs pruned, save; return the figures.
+
+    ``repeats``: interleaved timing rounds per (runtime, batch). Returns None (and writes nothing) when no
+    channel is removable. The MACs ratio is always the exact pruning's (``round_to`` does not change it).
     """
     dense = module.net.eval()
     size = input_size_of(module.cfg)
-    example = torch.rand(2, 3, *size)
-    pruned = copy.deepcopy(dense)
-    report = prune_zero_channels(pruned, example, ignored_layers=pruned.head_output_layers())
+    exact, report = prune_copy(dense, size)
     removed = sum(report.channels_removed.values())
     if removed == 0:
         print("nothing to prune: no channel has all-zero weights in every layer that reads it (train with lambda > 0)")
         return None
+    pruned = prune_copy(dense, size, round_to)[0] if round_to > 1 else exact
     one = torch.rand(1, 3, *size)
-    figures = {
-        "dense/params": count_params(dense),
-        "pruned/params": count_params(pruned),
-        "dense/macs": count_macs(dense, one),
-        "pruned/macs": count_macs(pruned, one),
-        "pruned/channels_removed": removed,
-        "pruned/max_abs_diff": report.max_abs_diff,
-    }
+    figures: dict = {
+        "dense/params": count_params(dense), "pruned/params": count_params(exact),
+        "dense/macs": count_macs(dense, one), "pruned/macs": count_macs(exact, one),
+        "pruned/channels_removed": removed, "pruned/max_abs_diff": report.max_abs_diff, "pruned/round_to": round_to,
+    }  # fmt: skip
     figures["pruned/macs_ratio"] = figures["dense/macs"] / max(figures["pruned/macs"], 1)
-    figures.update(latency_table(dense, pruned, size, batch_sizes, repeats, threads))
-    if torch.cuda.is_available():
-        figures.update(latency_table(dense, pruned, size, batch_sizes, repeats, threads, device="cuda"))
-        dense.cpu(), pruned.cpu()
-    for b in batch_sizes:
-        figures[f"pruned/speedup_over_macs_ratio_b{b}"] = figures[f"pruned/speedup_b{b}"] / figures["pruned/macs_ratio"]
-    save_pruned(output, pruned, module.cfg, {**report.to_dict(), **figures})
+    if round_to > 1:
+        figures["pruned/macs_rounded"] = count_macs(pruned, one)
+        figures["pruned/params_rounded"] = count_params(pruned)
+    example = torch.rand(2, 3, *size)
+    dense_inf = inference_form(dense, example, fold_bn, channels_last, ATOL)[0]
+    pruned_inf = inference_form(pruned, example, fold_bn, channels_last, ATOL)[0]
+    diff = figures["pruned/inference_form_max_abs_diff"] = compare(dense, pruned_inf, example)
+    if not diff <= ATOL:
+        raise UserError(f"the inference form of the pruned model differs from the dense model by {diff:.3g}")
+    figures.update({"speed/fold_bn": fold_bn, "speed/channels_last": channels_last})
+    files = _exports(dense_inf, pruned_inf, dense, output, size, list(dense.tasks)) if export else {}
+    figures.update(files)
+    speed, records = speed_table(_runners(dense_inf, pruned_inf, files, threads), size, batch_sizes, threads,
+                                 figures["pruned/macs_ratio"], repeats, min_run_time)  # fmt: skip
+    figures.update(speed)
+    figures.update(headline(speed, records, batch_sizes))
+    figures["speed/records"] = records
+    figures.update({"speed/threads": threads, "speed/input_size": list(size), "speed/device": "cpu"})
+    prune_report = {**report.to_dict(), **{k: v for k, v in figures.items() if k != "speed/records"}}
+    if profile:
+        prune_report["profile"] = profile_report(dense_inf, pruned_inf, size, threads)
+        print_profile(prune_report["profile"])
+    save_pruned(output, pruned, module.cfg, prune_report)
     figures["pruned/path"] = str(output.resolve())
+    print_speed(records, figures["pruned/macs_ratio"])
     return figures
+
+
+def headline(speed: dict, records: list[dict], batch_sizes: Sequence[int]) -> dict:
+    """Legacy eager keys (``{dense,pruned}/latency_b{B}_ms``, ``pruned/speedup_b{B}``, ...) and the headline:
+    speedup / exact MACs ratio in the runtime whose pruned model is fastest at batch 8 (or the largest batch)."""
+    out = {}
+    for b in batch_sizes:
+        for k in ("dense", "pruned"):
+            out[f"{k}/latency_b{b}_ms"] = speed[f"{k}/eager/latency_b{b}_ms"]
+        out[f"pruned/speedup_b{b}"] = speed[f"pruned/eager/speedup_b{b}"]
+        out[f"pruned/speedup_over_macs_ratio_b{b}"] = speed[f"pruned/eager/speedup_over_macs_ratio_b{b}"]
+    b = 8 if 8 in batch_sizes else max(batch_sizes)
+    best = min((r for r in records if r["batch"] == b), key=lambda r: r["pruned_ms"])
+    out.update({"pruned/best_runtime": best["runtime"], "pruned/best_runtime_batch": b,
+                "pruned/best_runtime_speedup": best["speedup"],
+                "pruned/best_runtime_speedup_over_macs_ratio": best["speedup_over_macs_ratio"]})  # fmt: skip
+    return out
+
+
+def profile_report(dense_inf, pruned_inf, size, threads: int, batch: int = 8) -> dict:
+    """Per-unit (stem, blocks, heads, other) eager milliseconds of dense and pruned and the pruned time shares."""
+    x = torch.rand(batch, 3, *size)
+    d, p = layer_profile(dense_inf, x, threads), layer_profile(pruned_inf, x, threads)
+    total = p["total"] or 1.0
+    units = {n: {"dense_ms": d.get(n, 0.0), "pruned_ms": p[n], "pruned_share": p[n] / total} for n in p if n != "total"}
+    return {"runtime": "eager", "batch": batch, "threads": threads, "dense_total_ms": d["total"],
+            "pruned_total_ms": p["total"], "units": units}  # fmt: skip
+
+
+def print_profile(profile: dict) -> None:
+    table = Table(title=f"where the pruned model spends its time (eager, batch {profile['batch']})")
+    for col in ("unit", "dense ms", "pruned ms", "pruned share"):
+        table.add_column(col, justify="left" if col == "unit" else "right")
+    for name, u in profile["units"].items():
+        table.add_row(name, f"{u['dense_ms']:.2f}", f"{u['pruned_ms']:.2f}", f"{u['pruned_share']:.1%}")
+    Console(width=200).print(table)
+
+
+def print_speed(records: list[dict], macs_ratio: float) -> None:
+    table = Table(title=f"dense vs pruned (exact MACs ratio {macs_ratio:.2f}; median of interleaved blocks, IQR)")
+    for col in ("runtime", "batch", "dense ms (IQR)", "pruned ms (IQR)", "speedup", "speedup / MACs ratio"):
+        table.add_column(col, justify="left" if col == "runtime" else "right")
+    for r in records:
+        table.add_row(r["runtime"], str(r["batch"]), f"{r['dense_ms']:.2f} ({r['dense_iqr_ms']:.2f})",
+                      f"{r['pruned_ms']:.2f} ({r['pruned_iqr_ms']:.2f})", f"{r['speedup']:.2f}",
+                      f"{r['speedup_over_macs_ratio']:.2f}")  # fmt: skip
+    Console(width=200).print(table)

@@ -11,10 +11,13 @@ from typing import Any
 
 import torch
 
+from lightning_sparse_mtl.deploy.architecture import apply_architecture, architecture_of
 from lightning_sparse_mtl.runs.atomic_io import atomic_write_bytes
 from lightning_sparse_mtl.runs.errors import UserError
+from lightning_sparse_mtl.runs.results import to_jsonable
 
-PRUNED_FORMAT = "lightning_sparse_mtl.pruned/1"
+PRUNED_FORMAT = "lightning_sparse_mtl.pruned/2"
+LEGACY_PRUNED_FORMAT = "lightning_sparse_mtl.pruned/1"  # whole pickled module (before the state-dict format)
 
 
 def _torch_load(path: str | os.PathLike) -> Any:
@@ -30,7 +33,7 @@ def _torch_load(path: str | os.PathLike) -> Any:
 
 
 def is_pruned_file(obj: Any) -> bool:
-    return isinstance(obj, dict) and obj.get("format") == PRUNED_FORMAT
+    return isinstance(obj, dict) and obj.get("format") in (PRUNED_FORMAT, LEGACY_PRUNED_FORMAT)
 
 
 def load_module(path: str | os.PathLike):
@@ -68,27 +71,95 @@ def check_resume(module: torch.nn.Module, path: str | os.PathLike) -> None:
 
 
 def save_pruned(path: str | os.PathLike, net: torch.nn.Module, cfg: dict, report: dict) -> Path:
-    """Save the compact model (whole-module pickle) with its config and prune report, atomically."""
+    """Save the compact model atomically as plain data (loads with ``torch.load(path, weights_only=True)``).
+
+    ``{"format", "config", "architecture" (layer sizes, see deploy.architecture), "state_dict", "report"}``:
+    no pickled classes, so the file survives refactors of this package; :func:`load_pruned` rebuilds the net.
+    """
     buffer = io.BytesIO()
-    torch.save({"format": PRUNED_FORMAT, "model": net, "config": cfg, "report": report}, buffer)
+    state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    obj = {"format": PRUNED_FORMAT, "config": cfg, "architecture": architecture_of(net), "state_dict": state,
+           "report": to_jsonable(report)}  # fmt: skip
+    torch.save(obj, buffer)
     return atomic_write_bytes(path, buffer.getvalue())
 
 
+# Modules moved by the layout refactor: whole-module pruned files (format /1) pickled these paths.
+_MOVED = {f"lightning_sparse_mtl.{old}": f"lightning_sparse_mtl.{new}" for old, new in (
+    ("tasks", "mtl.tasks"), ("metrics", "mtl.metrics"), ("delta_m", "mtl.delta_m"), ("weighting", "mtl.weighting"),
+    ("checkpoints", "runs.checkpoints"), ("errors", "runs.errors"), ("provenance", "runs.provenance"),
+    ("results", "runs.results"), ("callbacks", "training.callbacks"), ("module", "training.module"),
+    ("media", "reporting.media"), ("report_plots", "reporting.plots"), ("wandb_utils", "reporting.wandb_log"),
+    ("sparsity.measure", "deploy.measure"),
+)}  # fmt: skip
+
+
+class _LegacyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        return super().find_class(_MOVED.get(module, module), name)
+
+
+class _legacy_pickle:  # a pickle "module" for torch.load(pickle_module=...)
+    Unpickler = _LegacyUnpickler
+    load = pickle.load
+    __name__ = "pickle"
+
+
+def _read(path: str | os.PathLike) -> Any:
+    """A torch file: plain data first (``weights_only=True``), else a full unpickle with moved classes remapped."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}; pass ckpt_path=<run dir>/checkpoints/last.ckpt")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # not plain data: an old whole-module pruned file, or a foreign pickle
+        pass
+    except (zipfile.BadZipFile, RuntimeError, EOFError, OSError) as err:
+        raise UserError(
+            f"cannot read {path} as a torch file ({type(err).__name__}); is it truncated or foreign?"
+        ) from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_legacy_pickle)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as err:
+        raise UserError(
+            f"cannot read {path} as a torch file ({type(err).__name__}); is it truncated or foreign?"
+        ) from None
+    except (ImportError, AttributeError) as err:
+        raise UserError(
+            f"{path} pickles classes that no longer exist ({err}); re-run prune on its checkpoint"
+        ) from None
+
+
+def _pruned_from(obj: dict, path: str | os.PathLike) -> dict:
+    if obj.get("format") == LEGACY_PRUNED_FORMAT:
+        return {"model": obj["model"].eval(), "config": obj["config"], "report": obj["report"]}
+    from lightning_sparse_mtl.training.module import build_net
+
+    cfg = obj["config"]
+    try:
+        net = apply_architecture(build_net(cfg), obj["architecture"], obj["state_dict"])
+    except (ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path} does not fit the model its config describes: {first}") from None
+    return {"model": net.eval(), "config": cfg, "report": obj["report"]}
+
+
 def load_pruned(path: str | os.PathLike) -> dict:
-    """``{"model": nn.Module, "config": dict, "report": dict}`` from :func:`save_pruned`."""
-    obj = _torch_load(path)
+    """``{"model": nn.Module (eval), "config": dict, "report": dict}`` from :func:`save_pruned` (or an old /1 file)."""
+    obj = _read(path)
     if not is_pruned_file(obj):
         raise UserError(f"{path} is not a pruned model file of lightning-sparse-mtl (run the prune command first)")
-    return obj
+    return _pruned_from(obj, path)
 
 
 def load_any(path: str | os.PathLike):
     """A SparseMTLModule from a training checkpoint or a pruned model file (its net is then the compact one)."""
     from lightning_sparse_mtl.training.module import SparseMTLModule
 
-    obj = _torch_load(path)
+    obj = _read(path)
     if is_pruned_file(obj):
-        module = SparseMTLModule(obj["config"])
-        module.net = obj["model"]
+        pruned = _pruned_from(obj, path)
+        module = SparseMTLModule(pruned["config"])
+        module.net = pruned["model"]
         return module.eval()
     return load_module(path)

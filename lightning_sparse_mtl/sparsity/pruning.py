@@ -152,8 +152,12 @@ def _group_keep_mask(graph: tp.DependencyGraph, group: Any, output_nodes: set, c
     return keep
 
 
-def _plan(graph: tp.DependencyGraph, ignored_layers: Sequence[nn.Module] | None) -> list[tuple]:
-    """List of (root module, root name, root handler, channel indices to remove) over all groups."""
+def _plan(graph: tp.DependencyGraph, ignored_layers: Sequence[nn.Module] | None, round_to: int = 1) -> list[tuple]:
+    """List of (root module, root name, root handler, channel indices to remove) over all groups.
+
+    ``round_to=N`` keeps a few removable (unread) channels so that every pruned group keeps a multiple of N
+    channels (or all of them): still exact, since nothing reads the extra channels.
+    """
     output_nodes = getattr(graph, "lsm_output_nodes", None)
     if output_nodes is None:
         output_nodes = {n for n in graph.module2node.values() if n.type == OPTYPE.OUTPUT}
@@ -165,6 +169,10 @@ def _plan(graph: tp.DependencyGraph, ignored_layers: Sequence[nn.Module] | None)
         keep = _group_keep_mask(graph, group, output_nodes, cache)
         if not keep.any():  # a layer cannot have 0 channels: keep one (its readers ignore it anyway)
             keep[0] = True
+        if round_to > 1:
+            n_keep = int(keep.sum())
+            extra = min(len(keep), -(-n_keep // round_to) * round_to) - n_keep
+            keep[(~keep).nonzero().flatten()[:extra]] = True
         drop = (~keep).nonzero().flatten().tolist()
         if drop:
             dep = group[0].dep
@@ -188,10 +196,12 @@ def removable_channels(
 
 @torch.no_grad()
 def _outputs_and_macs(model: nn.Module, example_inputs: Any) -> tuple[list[torch.Tensor], int]:
-    """Flattened outputs of one forward and its MACs (FLOPs / 2, as :func:`count_macs`)."""
+    """Flattened outputs of one forward and its MACs per image (FLOPs / 2 / batch: :func:`count_macs` on 1 image)."""
     with FlopCounterMode(display=False) as counter:
         out = [t.detach().clone() for t in _flatten(_call(model, example_inputs))]
-    return out, int(counter.get_total_flops()) // 2
+    first = _flatten(example_inputs if isinstance(example_inputs, (tuple, list)) else [example_inputs])
+    batch = first[0].shape[0] if first and first[0].dim() > 0 else 1
+    return out, int(counter.get_total_flops()) // 2 // max(batch, 1)
 
 
 def max_abs_diff(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
@@ -206,6 +216,7 @@ def prune_zero_channels(
     example_inputs: Any,
     ignored_layers: Sequence[nn.Module] | None = None,
     atol: float = 1e-4,
+    round_to: int = 1,
 ) -> PruneReport:
     """Remove, IN PLACE, every channel whose consumers all have all-zero weight slices.
 
@@ -213,7 +224,9 @@ def prune_zero_channels(
     may return a tensor, a tuple/list or a dict of tensors. Runs in ``eval()``, verifies that the
     outputs on ``example_inputs`` are unchanged (max abs diff <= ``atol``) and raises
     ``RuntimeError`` otherwise (the model is then left as pruned: keep a copy if you need it).
-    Train/eval mode and ``requires_grad`` flags are restored. Attributes that merely record sizes
+    ``round_to=N`` keeps kept-channel counts at multiples of N (see :func:`_plan`). MACs in the report are
+    per image (batch 1), as :func:`count_macs` on one image. Train/eval mode and ``requires_grad`` flags are
+    restored. Attributes that merely record sizes
     (e.g. an smp encoder's ``out_channels``) are not updated.
     """
     was_training = model.training
@@ -224,7 +237,7 @@ def prune_zero_channels(
         params_before = count_params(model)
         graph = build_graph(model, example_inputs)
         model.eval()
-        plans = _plan(graph, ignored_layers)
+        plans = _plan(graph, ignored_layers, round_to)
         removed: dict[str, int] = {}
         for module, name, handler, idxs in plans:
             graph.get_pruning_group(module, handler, idxs).prune()

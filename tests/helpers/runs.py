@@ -29,6 +29,9 @@ TINY = [
     "trainer.log_every_n_steps=1",
     "model.head_channels=16",
     "prune.latency_repeats=2",
+    "prune.min_run_time=0.01",
+    "prune.batch_sizes=[1,8]",
+    "prune.export=false",  # exports are covered once in test_deploy.py / test_prune_cli.py
 ]
 SHORT = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

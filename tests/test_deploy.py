@@ -1,0 +1,260 @@
+"""Deployment: inference form (BN folding, channel rounding), verified exports, the pruned file format, speed report."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_sparse_mtl.deploy import export as ex
+from lightning_sparse_mtl.deploy.compact import prune_and_measure, prune_copy
+from lightning_sparse_mtl.deploy.inference import fold_batchnorm, inference_form
+from lightning_sparse_mtl.deploy.measure import count_macs
+from lightning_sparse_mtl.deploy.speed import layer_profile, speed_table
+from lightning_sparse_mtl.models.net import MultiTaskNet
+from lightning_sparse_mtl.mtl.tasks import build_tasks
+from lightning_sparse_mtl.runs.checkpoints import LEGACY_PRUNED_FORMAT, load_any, load_pruned
+from lightning_sparse_mtl.sparsity.groups import find_conv_groups
+from lightning_sparse_mtl.sparsity.pruning import _flatten, prune_zero_channels
+from lightning_sparse_mtl.training.module import SparseMTLModule
+
+SIZE = (32, 32)
+
+
+@torch.no_grad()
+def randomise(net: nn.Module, fraction: float = 0.5, seed: int = 0) -> nn.Module:
+    """Non-trivial BN statistics and ``fraction`` of every grouped encoder layer's input groups set to zero."""
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+    for group in find_conv_groups(net.encoder):
+        group.weight[:, torch.randperm(group.num_groups, generator=g)[: int(fraction * group.num_groups)]] = 0
+    return net.eval()
+
+
+def small_net(seed: int = 0) -> MultiTaskNet:
+    torch.manual_seed(seed)
+    net = MultiTaskNet(build_tasks(["seg", "depth", "normal"], num_classes=11), "resnet18", 8, head_channels=16)
+    return randomise(net, seed=seed)
+
+
+def outputs(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return _flatten(net.eval()(x))
+
+
+def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    assert [t.shape for t in a] == [t.shape for t in b]
+    return max(float((x - y).abs().max()) for x, y in zip(a, b))
+
+
+def test_batchnorm_folding_is_exact_and_removes_every_bn() -> None:
+    net = small_net()
+    x = torch.rand(4, 3, *SIZE)
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    folded, diff = inference_form(net, x[:2])
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules()) == 0 and n_bn > 10
+    assert diff <= 1e-5 and max_diff(outputs(net, x), outputs(folded, x)) <= 1e-5
+    assert any(isinstance(m, nn.BatchNorm2d) for m in net.modules())  # the original is untouched
+
+
+def test_bn_after_a_shared_conv_output_is_not_folded() -> None:
+    class Fork(nn.Module):  # conv output read by a BN *and* by the residual: folding would change the residual
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            return self.bn(y) + y
+
+    net = Fork().eval()
+    net.bn.running_mean.fill_(0.5)
+    assert fold_batchnorm(net, torch.rand(1, 3, 8, 8)) == 0 and isinstance(net.bn, nn.BatchNorm2d)
+
+
+@pytest.mark.parametrize("round_to", [8, 16])
+def test_round_to_keeps_outputs_exact_and_channel_counts_multiples(round_to: int) -> None:
+    net = small_net()
+    x = torch.rand(3, 3, *SIZE)
+    exact, report = prune_copy(net, SIZE)
+    rounded, _ = prune_copy(net, SIZE, round_to)
+    assert max_diff(outputs(net, x), outputs(rounded, x)) <= 1e-4
+    before = {n: m for n, m in net.named_modules() if isinstance(m, nn.Conv2d)}
+    changed = 0
+    for name, m in rounded.named_modules():
+        if isinstance(m, nn.Conv2d) and m.out_channels != before[name].out_channels:
+            assert m.out_channels % round_to == 0, (name, m.out_channels)
+            changed += 1
+    assert changed > 0
+    one = torch.rand(1, 3, *SIZE)
+    assert count_macs(exact, one) <= count_macs(rounded, one) < count_macs(net, one)
+    assert report.macs_after == count_macs(exact, one)
+
+
+def test_prune_report_counts_macs_per_image() -> None:
+    net = small_net()
+    dense_macs = count_macs(net, torch.rand(1, 3, *SIZE))
+    report = prune_zero_channels(net, torch.rand(2, 3, *SIZE), net.head_output_layers())
+    assert report.macs_before == dense_macs and report.macs_after == count_macs(net, torch.rand(1, 3, *SIZE))
+
+
+class _Shift(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> dict:
+        return {k: v + 1e-2 for k, v in self.net(x).items()}
+
+
+def test_export_that_does_not_reproduce_the_model_fails_and_leaves_no_file(tmp_path: Path) -> None:
+    net = inference_form(small_net(), torch.rand(2, 3, *SIZE))[0]
+    inputs = [torch.rand(2, 3, *SIZE), torch.rand(3, 3, *SIZE)]
+    with pytest.raises(ex.ExportError, match="differs from the PyTorch model"):
+        ex.export_pt2(_Shift(net), tmp_path / "m.pt2", inputs, reference=net)
+    with pytest.raises(ex.ExportError, match="differs from the PyTorch model"):
+        ex.export_onnx(_Shift(net), tmp_path / "m.onnx", inputs, list(net.tasks), reference=net)
+    assert list(tmp_path.iterdir()) == []  # no file, no temp file
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, SparseMTLModule]:
+    """A (sparse, untrained) module pruned, exported and measured once for the tests below."""
+    from conftest import compose_train_cfg
+
+    run_dir = tmp_path_factory.mktemp("deploy")
+    cfg = compose_train_cfg(run_dir, ["lambda=1e-5"])
+    module = SparseMTLModule(cfg)
+    randomise(module.net, seed=1)
+    figures = prune_and_measure(module, run_dir / "pruned.pt", batch_sizes=(1, 2), repeats=2, min_run_time=0.01)
+    return run_dir, figures, module
+
+
+def test_deploy_writes_verified_files_and_a_complete_speed_report(deployed) -> None:
+    run_dir, figures, _ = deployed
+    for name in ("pruned.pt", "pruned.pt2", "pruned.onnx", "dense.onnx"):
+        assert (run_dir / name).is_file(), name
+    for key in ("pruned/pt2_max_abs_diff", "pruned/onnx_max_abs_diff", "dense/onnx_max_abs_diff",
+                "pruned/inference_form_max_abs_diff", "pruned/max_abs_diff"):  # fmt: skip
+        assert figures[key] <= 1e-4, key
+    records = figures["speed/records"]
+    assert {(r["runtime"], r["batch"]) for r in records} == {(rt, b) for rt in ("eager", "onnxruntime") for b in (1, 2)}
+    for r in records:
+        assert r["threads"] == 2 and r["input_size"] == list(SIZE) and r["device"] == "cpu"
+        assert r["speedup"] == pytest.approx(r["dense_ms"] / r["pruned_ms"])
+        assert r["speedup_over_macs_ratio"] == pytest.approx(r["speedup"] / figures["pruned/macs_ratio"])
+        rt, b = r["runtime"], r["batch"]
+        assert figures[f"pruned/{rt}/latency_b{b}_ms"] == pytest.approx(r["pruned_ms"])
+        assert figures[f"dense/{rt}/latency_b{b}_iqr_ms"] == pytest.approx(r["dense_iqr_ms"])
+        assert r["dense_iqr_ms"] >= 0 and r["pruned_iqr_ms"] >= 0
+    for b in (1, 2):  # legacy keys: eager PyTorch
+        assert figures[f"pruned/latency_b{b}_ms"] == figures[f"pruned/eager/latency_b{b}_ms"]
+        assert figures[f"pruned/speedup_over_macs_ratio_b{b}"] == pytest.approx(
+            figures[f"pruned/speedup_b{b}"] / figures["pruned/macs_ratio"]
+        )
+    assert figures["pruned/macs_ratio"] == pytest.approx(figures["dense/macs"] / figures["pruned/macs"])
+    json.dumps(figures)  # results.json-ready
+
+
+def test_pruned_file_is_plain_data_and_rebuilds_the_model(deployed) -> None:
+    run_dir, _, module = deployed
+    raw = torch.load(run_dir / "pruned.pt", weights_only=True)
+    assert set(raw) >= {"format", "config", "architecture", "state_dict", "report"}
+    assert "profile" in raw["report"] and "heads.seg" in raw["report"]["profile"]["units"]
+    net = load_pruned(run_dir / "pruned.pt")["model"]
+    x = torch.rand(2, 3, *SIZE)
+    assert max_diff(outputs(module.net, x), outputs(net, x)) <= 1e-4
+    assert sum(p.numel() for p in net.parameters()) < sum(p.numel() for p in module.net.parameters())
+    assert load_any(run_dir / "pruned.pt").net.state_dict().keys() == net.state_dict().keys()
+
+
+def test_exports_load_without_the_package_and_agree(deployed, tmp_path: Path) -> None:
+    run_dir, _, module = deployed
+    x = torch.rand(5, 3, *SIZE)  # a batch size never traced: the batch dimension is dynamic
+    torch.save(x, tmp_path / "x.pt")
+    script = tmp_path / "run_exports.py"
+    script.write_text(
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'lightning_sparse_mtl':\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import numpy as np, onnxruntime as ort, torch\n"
+        "run, x_path, out = sys.argv[1:]\n"
+        "x = torch.load(x_path)\n"
+        "pt2 = torch.export.load(run + '/pruned.pt2').module()(x)\n"
+        "names = [o.name for o in ort.InferenceSession(run + '/pruned.onnx').get_outputs()]\n"
+        "onnx = dict(zip(names, ort.InferenceSession(run + '/pruned.onnx').run(None, {'image': x.numpy()})))\n"
+        "dense = dict(zip(names, ort.InferenceSession(run + '/dense.onnx').run(None, {'image': x.numpy()})))\n"
+        "try:\n"
+        "    import lightning_sparse_mtl\n"
+        "    sys.exit('package importable')\n"
+        "except ModuleNotFoundError:\n"
+        "    pass\n"
+        "torch.save({'pt2': dict(pt2), 'onnx': {k: torch.from_numpy(v) for k, v in onnx.items()},\n"
+        "            'dense': {k: torch.from_numpy(v) for k, v in dense.items()}}, out)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-I", str(script), str(run_dir), str(tmp_path / "x.pt"),
+                           str(tmp_path / "out.pt")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = torch.load(tmp_path / "out.pt")
+    with torch.no_grad():
+        expected = module.net.eval()(x)
+    for task, value in expected.items():
+        for kind in ("pt2", "onnx", "dense"):
+            assert got[kind][task].shape == value.shape
+            assert float((got[kind][task] - value).abs().max()) <= 1e-4, (kind, task)
+
+
+def test_old_whole_module_pruned_file_still_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files written before the layout refactor pickle ``lightning_sparse_mtl.tasks.TaskSpec``: remapped on load."""
+    import lightning_sparse_mtl.mtl.tasks as tasks_mod
+
+    net = small_net()
+    monkeypatch.setitem(sys.modules, "lightning_sparse_mtl.tasks", tasks_mod)
+    monkeypatch.setattr(tasks_mod.TaskSpec, "__module__", "lightning_sparse_mtl.tasks")
+    torch.save({"format": LEGACY_PRUNED_FORMAT, "model": net, "config": {}, "report": {}}, tmp_path / "old.pt")
+    monkeypatch.undo()
+    assert b"lightning_sparse_mtl.tasks" in (tmp_path / "old.pt").read_bytes()
+    loaded = load_pruned(tmp_path / "old.pt")["model"]
+    x = torch.rand(1, 3, *SIZE)
+    assert max_diff(outputs(net, x), outputs(loaded, x)) == 0
+
+
+def test_speed_table_and_profile_are_consistent() -> None:
+    net = inference_form(small_net(), torch.rand(2, 3, *SIZE))[0]
+    from lightning_sparse_mtl.deploy.speed import eager_runner
+
+    figures, records = speed_table({"eager": {"dense": eager_runner(net), "pruned": eager_runner(net)}}, SIZE, (1,),
+                                   threads=1, macs_ratio=2.0, rounds=2, min_run_time=0.01)  # fmt: skip
+    assert len(records) == 1 and records[0]["blocks"] >= 2
+    assert figures["pruned/eager/speedup_over_macs_ratio_b1"] == pytest.approx(figures["pruned/eager/speedup_b1"] / 2)
+    prof = layer_profile(net, torch.rand(2, 3, *SIZE), threads=1, repeats=3)
+    assert {"encoder.conv1", "encoder.layer1.0", "encoder.layer4.1", "heads.seg", "other", "total"} <= set(prof)
+    units = sum(v for k, v in prof.items() if k not in ("total", "other"))
+    assert 0 < units <= prof["total"] and prof["other"] == pytest.approx(prof["total"] - units)
+
+
+def test_train_prune_block_reaches_prune_and_measure(train_cfg) -> None:
+    from lightning_sparse_mtl.train import prune_options
+
+    cfg = train_cfg("prune.round_to=8", "prune.export=true", "prune.latency_repeats=3")
+    opts = prune_options(cfg.prune)
+    assert opts["round_to"] == 8 and opts["export"] is True and opts["repeats"] == 3 and opts["batch_sizes"] == [1, 8]
+    import inspect
+
+    assert set(opts) <= set(inspect.signature(prune_and_measure).parameters)
