@@ -4,14 +4,22 @@ Rule (exact): channel ``c`` of a feature map is removable iff every *consumer* o
 dependency group (conv / linear input-channel slices, across residual adds and concatenations)
 has an all-zero weight slice for ``c`` (``== 0``, no tolerance). Producers (conv out-channels,
 BN, biases) may be non-zero: nothing reads their value. Channels that reach a model output, or are
-produced by an ignored layer, are kept. Grouped convs, LayerNorm/GroupNorm, attention and other
-channel-mixing ops of unknown layout block their whole group (conservative). Under this rule the
-pruned model computes exactly what the zero-masked model computes; ``prune_zero_channels`` verifies.
+produced by an ignored layer, are kept. Ops that carry channel c to channel c pass the question on:
+BN, activations, residual adds, SE gating products, pooling, padding, resizing, re-indexing
+(reshape/permute/concat/split) and **depthwise convs** (channel c before a depthwise conv is read
+only if channel c after it is read, so inverted-residual blocks prune). Everything else blocks its
+whole group (conservative): grouped convs (ResNeXt, RegNet), LayerNorm/GroupNorm, attention
+(matmul/softmax of activations), reductions over channels, and any op not known to be channel-local
+(Torch-Pruning files unknown autograd ops as "element-wise"; we do not trust that). A group whose
+indices do not fit its layers (Torch-Pruning merging channels of different widths, e.g. through
+attention) is kept whole too. Under this rule the pruned model computes exactly what the zero-masked
+model computes; ``prune_zero_channels`` verifies.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -26,16 +34,17 @@ from lightning_sparse_mtl.deploy.measure import _call, count_params
 
 OPTYPE = ops.OPTYPE
 # Ops that carry channel c to channel c (or re-index it exactly): they never block a channel.
-_PASS_THROUGH = {
-    OPTYPE.BN,
-    OPTYPE.IN,
-    OPTYPE.PRELU,
-    OPTYPE.ELEMENTWISE,
-    OPTYPE.CONCAT,
-    OPTYPE.SPLIT,
-    OPTYPE.SLICE,
-    OPTYPE.RESHAPE,
-}
+_PASS_THROUGH = {OPTYPE.BN, OPTYPE.IN, OPTYPE.PRELU, OPTYPE.CONCAT, OPTYPE.SPLIT, OPTYPE.SLICE, OPTYPE.RESHAPE}
+# Autograd ops (name without "Backward<N>") that Torch-Pruning files as element-wise and that are channel-local.
+_CHANNEL_LOCAL_FNS = frozenset(
+    """Add Sub Mul Div Neg Clone Alias ToCopy Relu Hardtanh Hardswish Hardsigmoid Sigmoid Silu Gelu Tanh
+    LeakyRelu Elu Mish Softplus Threshold Clamp ClampMin ClampMax Abs Pow Exp Sqrt Rsqrt MaxPool2DWithIndices
+    MaxPool2D AvgPool2D AdaptiveAvgPool2D AdaptiveMaxPool2D UpsampleBilinear2D UpsampleNearest2D
+    UpsampleNearestExact2D UpsampleBicubic2D ConstantPadNd ReflectionPad2D ReplicationPad2D NativeBatchNorm
+    CudnnBatchNorm NativeDropout Transpose Permute""".split()
+)
+_REDUCTIONS = frozenset({"Mean", "Sum", "Amax", "Amin"})
+_MATMULS = frozenset({"Mm", "Addmm"})
 
 
 @dataclass
@@ -100,7 +109,7 @@ def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
 def _read_mask(module: nn.Module, is_in: bool) -> torch.Tensor | None:
     """Bool (C_in,): True where the module reads input channel c with a non-zero weight slice.
 
-    None means "cannot judge" (grouped conv, transposed grouped conv): block the channels.
+    None means "cannot judge" (grouped conv; depthwise convs never get here): block the channels.
     """
     w = module.weight.detach()
     if isinstance(module, nn.Linear):
@@ -111,9 +120,67 @@ def _read_mask(module: nn.Module, is_in: bool) -> torch.Tensor | None:
             return w.ne(0).flatten(1).any(dim=1)
         if g == 1:  # W: (out, in, *k)
             return w.ne(0).any(dim=0).flatten(1).any(dim=1)
-        if not module.transposed and g == module.in_channels == module.out_channels:  # depthwise
-            return w.ne(0).flatten(1).any(dim=1)  # W: (C, 1, *k)
     return None
+
+
+def _fn_name(node: Any) -> str:
+    """Autograd op of a Torch-Pruning node without its "Backward<N>" suffix ("" when unknown)."""
+    name = node.grad_fn.name() if node.grad_fn is not None else ""
+    return re.sub(r"Backward\d*$", "", name)
+
+
+def _is_linear_matmul(node: Any) -> bool:
+    """True for the ``mm``/``addmm`` inside an ``nn.Linear`` applied to a >2-D input: one operand is the transpose
+    of a weight and its result reaches only Linear nodes (directly or through reshapes)."""
+    if not any(i.type == OPTYPE.ELEMENTWISE and _fn_name(i) == "T" for i in node.inputs):
+        return False
+    frontier, hops = list(node.outputs), 0
+    while frontier and hops < 3:
+        if all(o.type == OPTYPE.LINEAR for o in frontier):
+            return True
+        if any(o.type not in (OPTYPE.LINEAR, OPTYPE.RESHAPE) for o in frontier):
+            return False
+        frontier = [n for o in frontier for n in (o.outputs if o.type == OPTYPE.RESHAPE else [o])]
+        hops += 1
+    return False
+
+
+def _passes(node: Any) -> bool:
+    """Whether a non-conv/linear node carries channel c to channel c (so it never blocks a channel)."""
+    if node.type in _PASS_THROUGH:
+        return True
+    if node.type != OPTYPE.ELEMENTWISE:
+        return False  # LN, GN, MHA, LSTM, embeddings, raw parameters, expand/unbind, customized ops
+    fn = _fn_name(node)
+    if fn in _CHANNEL_LOCAL_FNS:
+        return True
+    if fn == "T":  # the transpose of a weight (no activation flows through it)
+        return all(type(f).__name__ == "AccumulateGrad" for f, _ in node.grad_fn.next_functions if f is not None)
+    if fn in _REDUCTIONS:  # pooling-like reductions of an NCHW map over spatial dims only
+        sizes = getattr(node.grad_fn, "_saved_self_sym_sizes", None)
+        dims = getattr(node.grad_fn, "_saved_dim", None)
+        if sizes is None or dims is None or len(sizes) != 4:
+            return False
+        return 1 not in {d % 4 for d in dims}
+    if fn in _MATMULS:
+        return _is_linear_matmul(node)
+    return False  # bmm/matmul of activations (attention), softmax, norms, unknown ops
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    """A conv that maps channel c to channel c only (``groups == in_channels == out_channels``)."""
+    return (
+        isinstance(module, ops.TORCH_CONV)
+        and not module.transposed
+        and module.groups == module.in_channels == module.out_channels
+    )
+
+
+def _width(module: nn.Module, is_in: bool) -> int:
+    """Number of in- (``is_in``) or out-channels a conv/linear's pruning indices refer to."""
+    if isinstance(module, nn.Linear):
+        return module.in_features if is_in else module.out_features
+    return module.in_channels if is_in else module.out_channels
 
 
 def _group_keep_mask(graph: tp.DependencyGraph, group: Any, output_nodes: set, cache: dict) -> torch.Tensor:
@@ -132,10 +199,12 @@ def _group_keep_mask(graph: tp.DependencyGraph, group: Any, output_nodes: set, c
         is_in = graph.is_in_channel_pruning_fn(handler)
         if node.type == OPTYPE.OUTPUT or (is_out and node in output_nodes):
             keep[roots_t] = True  # the value reaches a model output
-        elif node.type in _PASS_THROUGH:
-            continue
         elif node.type in (OPTYPE.CONV, OPTYPE.DEPTHWISE_CONV, OPTYPE.LINEAR):
             m = node.module
+            if max(idxs) >= _width(m, is_in):  # Torch-Pruning coupled channels of different widths
+                return torch.ones(n, dtype=torch.bool)
+            if _is_depthwise(m):
+                continue  # channel c in -> channel c out: read iff channel c after it is read
             grouped = isinstance(m, ops.TORCH_CONV) and m.groups > 1
             if is_out and not is_in and not grouped:
                 continue  # plain producer: nothing reads its value
@@ -147,7 +216,7 @@ def _group_keep_mask(graph: tp.DependencyGraph, group: Any, output_nodes: set, c
                 keep[roots_t] = True
             else:
                 keep[roots_t[mask[torch.as_tensor(idxs, dtype=torch.long)]]] = True
-        else:  # LN, GN, MHA, LSTM, embeddings, raw parameters, customized ops: mix channels
+        elif not _passes(node):  # mixes channels or of unknown layout: keep what it reads
             keep[roots_t] = True
     return keep
 
