@@ -84,7 +84,8 @@ def image_layers(module: nn.Module, example_inputs: Any = None) -> set[nn.Module
     params = list(module.parameters())
     ref = params[0] if params else torch.zeros(())
     if example_inputs is None:
-        example_inputs = torch.randn(PROBE_SHAPE, device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
+        dtype = ref.dtype if ref.is_floating_point() else None
+        example_inputs = torch.randn(PROBE_SHAPE, device=ref.device, dtype=dtype)
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     inputs = tuple(x.detach().requires_grad_(True) if torch.is_tensor(x) and x.is_floating_point() else x for x in inputs)
     ids = {id(p) for p in params}
@@ -131,7 +132,9 @@ def _candidates(module: nn.Module, linear: bool) -> list[tuple[str, nn.Module, s
     out = []
     for name, layer in module.named_modules():
         if isinstance(layer, nn.Conv2d):
-            why = None if layer.groups == 1 else ("depthwise conv" if layer.groups == layer.in_channels else "grouped conv")
+            why = None
+            if layer.groups > 1:
+                why = "depthwise conv" if layer.groups == layer.in_channels else "grouped conv"
             out.append((name, layer, why))
         elif isinstance(layer, nn.Linear):
             out.append((name, layer, None if linear else "linear layer (grouping linear layers is off)"))
