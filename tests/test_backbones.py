@@ -138,7 +138,8 @@ def test_image_conv_is_found_by_tracing_not_by_channel_count():
     assert image_layers(model) == {model.stem}
     assert model.training and all(p.requires_grad for p in model.parameters())
     names = [g.name for g in find_conv_groups(model, prefix="m.")]
-    assert names == ["m.to3", "m.deep3", "m.tied_a"]  # deep 3-channel conv grouped; tied weight once
+    assert names == ["m.to3", "m.deep3", "m.tied_a", "m.fc"]  # deep 3-channel conv grouped; tied weight once
+    assert [g.name for g in find_conv_groups(model, linear=False)] == ["to3", "deep3", "tied_a"]
     assert [g.name for g in find_conv_groups(model, exclude_image_conv=False)][0] == "stem"
     skipped = ungrouped_layers(model, linear=False)
     assert skipped["stem"] == "reads the image" and skipped["dw"] == "depthwise conv"
@@ -156,7 +157,7 @@ def test_shared_parameter_is_one_group():
 
 def test_linear_groups_are_input_features():
     model = ImageThroughOps()
-    (fc,) = [g for g in find_conv_groups(model, linear=True) if g.name == "fc"]
+    (fc,) = [g for g in find_conv_groups(model) if g.name == "fc"]
     assert (fc.num_groups, fc.group_size, fc.sqrt_p) == (8, 4, 2.0)
     w = model.fc.weight.detach()
     torch.testing.assert_close(group_norms(w), w.pow(2).sum(0).sqrt())
@@ -177,7 +178,7 @@ def test_probe_failure_is_a_clear_error():
     [
         ("mobilenet_v2", "features.0.0", {"depthwise conv"}),
         ("tu-regnety_002", "model.stem.conv", {"grouped conv"}),
-        ("mit_b0", "patch_embed1.proj", {"depthwise conv", "linear layer (grouping linear layers is off)"}),
+        ("mit_b0", "patch_embed1.proj", {"depthwise conv"}),
     ],
 )
 def test_encoder_groups(encoder, image_conv, skipped):
@@ -186,7 +187,12 @@ def test_encoder_groups(encoder, image_conv, skipped):
     assert reasons[image_conv] == "reads the image"
     assert set(reasons.values()) == {"reads the image", *skipped}
     groups = find_conv_groups(enc)
-    assert groups and all(g.weight.dim() == 4 for g in groups) and image_conv not in {g.name for g in groups}
+    assert groups and image_conv not in {g.name for g in groups}
+    linears = [g for g in groups if g.weight.dim() == 2]
+    assert len(linears) == sum(isinstance(m, nn.Linear) for m in enc.modules())  # mit: q, kv, proj, fc1, fc2
+    assert (len(linears) > 0) == encoder.startswith("mit")
+    if linears:
+        assert ungrouped_layers(enc, linear=False)["block1.0.attn.q"].startswith("linear layer")
 
 
 # ---------------------------------------------------------------- pruning: closed forms
@@ -243,7 +249,7 @@ def test_mit_b0_mlp_hidden_features_prune_by_closed_form():
     x = torch.randn(1, 3, 64, 64)
     macs = _layer_macs(net, x)
     saved = 0
-    groups = {g.name: g for g in find_conv_groups(net.encoder, prefix="encoder.", linear=True)}
+    groups = {g.name: g for g in find_conv_groups(net.encoder, prefix="encoder.")}
     for name, g in groups.items():
         if name.endswith("mlp.fc2"):
             width = g.num_groups

@@ -1,11 +1,12 @@
 """Channel groups of the shared encoder: one group per *input* channel ``W[:, c]`` of each layer weight.
 
-Grouped layers: plain (``groups=1``) ``Conv2d`` (weight (O, I, kh, kw), group size O*kh*kw) and, with
-``linear=True``, ``nn.Linear`` (weight (O, I), group size O). Not grouped, with the reason
-:func:`ungrouped_layers` gives: the *image conv(s)* (layers whose input is computed from the image by
-parameter-free ops only, found by tracing one forward, whatever their channel count), grouped and depthwise
-convs (a slice ``W[:, c]`` of a grouped weight is not one whole input channel), and layers matched by
-``exclude``. A parameter shared by several modules is one group (listed once, under its first name).
+Grouped layers: plain (``groups=1``) ``Conv2d`` (weight (O, I, kh, kw), group size O*kh*kw) and
+``nn.Linear`` (weight (O, I), group size O: transformer encoders such as ``mit_b*``; ``linear=False``
+leaves them out). Not grouped, with the reason :func:`ungrouped_layers` gives: the *image conv(s)*
+(layers whose input is computed from the image by parameter-free ops only, found by tracing one forward,
+whatever their channel count), grouped and depthwise convs (a slice ``W[:, c]`` of a grouped weight is
+not one whole input channel), and layers matched by ``exclude``. A parameter shared by several modules
+is one group (listed once, under its first name).
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ def _reads_params(fn: Any, params: set[int], memo: dict) -> bool:
     return False
 
 
+def _is_float(x: Any) -> bool:
+    return torch.is_tensor(x) and x.is_floating_point()
+
+
 @torch.no_grad()
 def image_layers(module: nn.Module, example_inputs: Any = None) -> set[nn.Module]:
     """Conv/Linear layers of ``module`` that read the image: their input is computed from ``example_inputs``
@@ -87,7 +92,7 @@ def image_layers(module: nn.Module, example_inputs: Any = None) -> set[nn.Module
         dtype = ref.dtype if ref.is_floating_point() else None
         example_inputs = torch.randn(PROBE_SHAPE, device=ref.device, dtype=dtype)
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    inputs = tuple(x.detach().requires_grad_(True) if torch.is_tensor(x) and x.is_floating_point() else x for x in inputs)
+    inputs = tuple(x.detach().requires_grad_(True) if _is_float(x) else x for x in inputs)
     ids = {id(p) for p in params}
     memo: dict = {}
     found: set[nn.Module] = set()
@@ -168,10 +173,10 @@ def find_conv_groups(
     exclude_image_conv: bool = True,
     exclude: Sequence[str] = (),
     prefix: str = "",
-    linear: bool = False,
+    linear: bool = True,
     example_inputs: Any = None,
 ) -> list[ConvGroup]:
-    """The channel groups of ``module``: every plain Conv2d (and every Linear with ``linear=True``).
+    """The channel groups of ``module``: every plain Conv2d and (``linear=True``) every Linear.
 
     ``exclude_image_conv`` drops the layers that read the image (found by one traced forward on
     ``example_inputs``, default a (1, 3, 32, 32) tensor); ``exclude`` holds regexes matched (``re.search``)
@@ -186,7 +191,7 @@ def ungrouped_layers(
     exclude_image_conv: bool = True,
     exclude: Sequence[str] = (),
     prefix: str = "",
-    linear: bool = False,
+    linear: bool = True,
     example_inputs: Any = None,
 ) -> dict[str, str]:
     """``{layer name: reason}`` for the Conv2d/Linear layers :func:`find_conv_groups` leaves out (same arguments)."""
