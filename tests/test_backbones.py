@@ -320,7 +320,7 @@ def test_train_then_prune_every_family(train_cfg, encoder):
             g.weight[:, torch.rand(g.num_groups, generator=gen) < 0.5] = 0
     net = module.net
     # the per-epoch pruning figures (prune a copy) work on every family
-    figures = SparsityLogger().pruning_figures(net, {"zero_groups": 1})
+    figures = SparsityLogger(probe_size=32).pruning_figures(net, {"zero_groups": 1})
     assert figures["sparsity/encoder_params_left"] <= sum(p.numel() for p in net.encoder.parameters())
     x, fresh = torch.rand(1, 3, 32, 32), torch.rand(3, 3, 32, 32)
     ref = _outs(net, fresh)
