@@ -79,18 +79,26 @@ def _is_float(x: Any) -> bool:
     return torch.is_tensor(x) and x.is_floating_point()
 
 
-@torch.no_grad()
 def image_layers(module: nn.Module, example_inputs: Any = None) -> set[nn.Module]:
     """Conv/Linear layers of ``module`` that read the image: their input is computed from ``example_inputs``
-    (default a (1, 3, 32, 32) tensor) by parameter-free ops only (padding, normalisation by buffers, ...).
+    by parameter-free ops only (padding, normalisation by buffers, ...). Default probe: a (1, 3, 32, 32)
+    tensor, then (1, 3, 224, 224) for models that need their native size.
 
     One forward in ``eval()`` mode (no running-statistics update); modes and ``requires_grad`` flags are restored.
     """
+    if example_inputs is not None:
+        return _trace_image_layers(module, example_inputs)
+    ref = next(module.parameters(), torch.zeros(()))
+    dtype = ref.dtype if ref.is_floating_point() else None
+    try:
+        return _trace_image_layers(module, torch.randn(PROBE_SHAPE, device=ref.device, dtype=dtype))
+    except UserError:
+        return _trace_image_layers(module, torch.randn(1, 3, 224, 224, device=ref.device, dtype=dtype))
+
+
+@torch.no_grad()
+def _trace_image_layers(module: nn.Module, example_inputs: Any) -> set[nn.Module]:
     params = list(module.parameters())
-    ref = params[0] if params else torch.zeros(())
-    if example_inputs is None:
-        dtype = ref.dtype if ref.is_floating_point() else None
-        example_inputs = torch.randn(PROBE_SHAPE, device=ref.device, dtype=dtype)
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     inputs = tuple(x.detach().requires_grad_(True) if _is_float(x) else x for x in inputs)
     ids = {id(p) for p in params}
@@ -111,6 +119,7 @@ def image_layers(module: nn.Module, example_inputs: Any = None) -> set[nn.Module
     handles = [m.register_forward_pre_hook(pre_hook) for m in layers]
     flags = [(p, p.requires_grad) for p in params]
     was_training = module.training
+    shape = tuple(inputs[0].shape) if inputs and torch.is_tensor(inputs[0]) else "given"
     try:
         for p in params:
             p.requires_grad_(True)
@@ -119,7 +128,7 @@ def image_layers(module: nn.Module, example_inputs: Any = None) -> set[nn.Module
             module(*inputs)
     except Exception as err:
         raise UserError(
-            f"cannot run the encoder on a {tuple(inputs[0].shape)} probe to find the conv that reads the image "
+            f"cannot run the encoder on a {shape} probe to find the conv that reads the image "
             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); pass example_inputs or "
             "exclude_image_conv=False"
         ) from err
