@@ -236,16 +236,17 @@ def test_grouped_and_depthwise_convs_are_safe():
     )
     _randomize_bn(model)
     with torch.no_grad():
-        model[2].weight[2] = 0
-        model[3].weight[:, 2] = 0  # channel 2: depthwise and pointwise both zero -> removable
-        model[3].weight[:, 3] = 0  # channel 3: depthwise still reads it -> kept
+        model[2].weight[2] = 0  # a zero depthwise filter alone frees nothing: its output (bias, BN) is still read
+        model[3].weight[:, 3] = 0  # channel 3: nothing reads it after the depthwise conv -> removed before it too
+        model[3].weight[:, 5] = 0
+        model[2].weight[5] = 1.0  # channel 5: a non-zero depthwise filter does not keep an unread channel
         model[4].weight[:, 0] = 0
         model[5].weight[:, :3] = 0  # grouped conv: never pruned (conservative)
     x = torch.randn(2, 3, 12, 12)
     ref = model.eval()(x).detach()
     report = prune_zero_channels(model, x)
-    assert sum(report.channels_removed.values()) == 1 and model[0].out_channels == 7
-    assert model[2].groups == model[2].out_channels == 7 and model[3].in_channels == 7
+    assert sum(report.channels_removed.values()) == 2 and model[0].out_channels == 6
+    assert model[2].groups == model[2].out_channels == model[2].in_channels == 6 and model[3].in_channels == 6
     assert (model[4].in_channels, model[4].out_channels, model[4].groups) == (16, 16, 4)
     assert float((model(x) - ref).abs().max()) <= 1e-5
 

@@ -1,9 +1,16 @@
-"""Encoder factory by name (segmentation-models-pytorch encoders), no network access."""
+"""Encoder factory by name: every segmentation-models-pytorch encoder, including ``tu-<timm model>``; no network.
+
+``tu-<name>`` builds any model in ``timm.list_models()`` that timm can run as a feature extractor
+(``features_only``) through smp's ``TimmUniversalEncoder``. ``output_stride`` 8/16 dilates the last
+stages (timm ``output_stride``); models that cannot dilate or extract features give a one-line error.
+"""
 
 from __future__ import annotations
 
+import difflib
 import os
 
+import timm
 import torch
 from segmentation_models_pytorch.encoders import encoders as SMP_ENCODERS
 from segmentation_models_pytorch.encoders import get_encoder
@@ -12,11 +19,26 @@ from torch import nn
 from lightning_sparse_mtl.runs.errors import UserError, unknown_name
 
 OUTPUT_STRIDES = (8, 16, 32)
+TIMM_PREFIX = "tu-"
 
 
 def encoder_names() -> list[str]:
-    """Names accepted by :func:`build_encoder`."""
+    """smp's named encoders accepted by :func:`build_encoder` (plus any ``tu-<timm name>``)."""
     return sorted(SMP_ENCODERS)
+
+
+def check_encoder_name(name: object) -> str:
+    """``name`` if :func:`build_encoder` knows it, else a one-line :class:`UserError` naming the valid choices."""
+    if isinstance(name, str) and name.startswith(TIMM_PREFIX):
+        model = name[len(TIMM_PREFIX) :]
+        if timm.is_model(model):
+            return name
+        close = difflib.get_close_matches(model, timm.list_models(), n=3, cutoff=0.6)
+        hint = f" (did you mean {', '.join(TIMM_PREFIX + c for c in close)}?)" if close else ""
+        raise UserError(f"unknown encoder {name!r}: {model!r} is not in timm.list_models(){hint}")
+    if not isinstance(name, str) or name not in SMP_ENCODERS:
+        raise unknown_name("encoder", name, [*encoder_names(), "tu-<any timm.list_models() name>"])
+    return name
 
 
 def build_encoder(name: str, output_stride: int = 32, weights: str | os.PathLike | None = None) -> nn.Module:
@@ -24,11 +46,14 @@ def build_encoder(name: str, output_stride: int = 32, weights: str | os.PathLike
 
     ``weights`` is None (random init) or a local state-dict file; nothing is downloaded.
     """
-    if name not in SMP_ENCODERS:
-        raise unknown_name("encoder", name, encoder_names())
+    check_encoder_name(name)
     if output_stride not in OUTPUT_STRIDES:
         raise UserError(f"model.output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
-    encoder = get_encoder(name, in_channels=3, depth=5, weights=None, output_stride=output_stride)
+    try:
+        encoder = get_encoder(name, in_channels=3, depth=5, weights=None, output_stride=output_stride)
+    except (ValueError, TypeError, RuntimeError, AssertionError, NotImplementedError) as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"encoder {name!r} cannot be built at model.output_stride={output_stride}: {msg}") from err
     if weights is not None:
         path = os.fspath(weights)
         if not os.path.isfile(path):

@@ -4,9 +4,16 @@ Rule (exact): channel ``c`` of a feature map is removable iff every *consumer* o
 dependency group (conv / linear input-channel slices, across residual adds and concatenations)
 has an all-zero weight slice for ``c`` (``== 0``, no tolerance). Producers (conv out-channels,
 BN, biases) may be non-zero: nothing reads their value. Channels that reach a model output, or are
-produced by an ignored layer, are kept. Grouped convs, LayerNorm/GroupNorm, attention and other
-channel-mixing ops of unknown layout block their whole group (conservative). Under this rule the
-pruned model computes exactly what the zero-masked model computes; ``prune_zero_channels`` verifies.
+produced by an ignored layer, are kept. Ops that carry channel c to channel c pass the question on:
+BN, activations, residual adds, SE gating products, pooling, padding, resizing, re-indexing
+(reshape/permute/concat/split) and **depthwise convs** (channel c before a depthwise conv is read
+only if channel c after it is read, so inverted-residual blocks prune). Everything else blocks its
+whole group (conservative): grouped convs (ResNeXt, RegNet), LayerNorm/GroupNorm, attention
+(matmul/softmax of activations), reductions over channels, and any op not known to be channel-local
+(Torch-Pruning files unknown autograd ops as "element-wise"; we do not trust that). A group whose
+indices do not fit its layers (Torch-Pruning merging channels of different widths, e.g. through
+attention) is kept whole too. Under this rule the pruned model computes exactly what the zero-masked
+model computes; ``prune_zero_channels`` verifies.
 """
 
 from __future__ import annotations
@@ -23,19 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torch_pruning import ops
 
 from lightning_sparse_mtl.deploy.measure import _call, count_params
-
-OPTYPE = ops.OPTYPE
-# Ops that carry channel c to channel c (or re-index it exactly): they never block a channel.
-_PASS_THROUGH = {
-    OPTYPE.BN,
-    OPTYPE.IN,
-    OPTYPE.PRELU,
-    OPTYPE.ELEMENTWISE,
-    OPTYPE.CONCAT,
-    OPTYPE.SPLIT,
-    OPTYPE.SLICE,
-    OPTYPE.RESHAPE,
-}
+from lightning_sparse_mtl.sparsity.channel_ops import OPTYPE, is_depthwise, passes, read_mask, width
 
 
 @dataclass
@@ -97,25 +92,6 @@ def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
     return graph
 
 
-def _read_mask(module: nn.Module, is_in: bool) -> torch.Tensor | None:
-    """Bool (C_in,): True where the module reads input channel c with a non-zero weight slice.
-
-    None means "cannot judge" (grouped conv, transposed grouped conv): block the channels.
-    """
-    w = module.weight.detach()
-    if isinstance(module, nn.Linear):
-        return w.ne(0).any(dim=0) if is_in else None  # W: (out, in)
-    if isinstance(module, ops.TORCH_CONV):
-        g = module.groups
-        if g == 1 and module.transposed:  # W: (in, out, *k)
-            return w.ne(0).flatten(1).any(dim=1)
-        if g == 1:  # W: (out, in, *k)
-            return w.ne(0).any(dim=0).flatten(1).any(dim=1)
-        if not module.transposed and g == module.in_channels == module.out_channels:  # depthwise
-            return w.ne(0).flatten(1).any(dim=1)  # W: (C, 1, *k)
-    return None
-
-
 def _group_keep_mask(graph: tp.DependencyGraph, group: Any, output_nodes: set, cache: dict) -> torch.Tensor:
     """Bool (C_root,): True for root channels that must be kept."""
     n = len(group[0].idxs)
@@ -132,22 +108,24 @@ def _group_keep_mask(graph: tp.DependencyGraph, group: Any, output_nodes: set, c
         is_in = graph.is_in_channel_pruning_fn(handler)
         if node.type == OPTYPE.OUTPUT or (is_out and node in output_nodes):
             keep[roots_t] = True  # the value reaches a model output
-        elif node.type in _PASS_THROUGH:
-            continue
         elif node.type in (OPTYPE.CONV, OPTYPE.DEPTHWISE_CONV, OPTYPE.LINEAR):
             m = node.module
+            if max(idxs) >= width(m, is_in):  # Torch-Pruning coupled channels of different widths
+                return torch.ones(n, dtype=torch.bool)
+            if is_depthwise(m):
+                continue  # channel c in -> channel c out: read iff channel c after it is read
             grouped = isinstance(m, ops.TORCH_CONV) and m.groups > 1
             if is_out and not is_in and not grouped:
                 continue  # plain producer: nothing reads its value
             key = (m, is_in)
             if key not in cache:
-                cache[key] = _read_mask(m, is_in)
+                cache[key] = read_mask(m, is_in)
             mask = cache[key]
             if mask is None:
                 keep[roots_t] = True
             else:
                 keep[roots_t[mask[torch.as_tensor(idxs, dtype=torch.long)]]] = True
-        else:  # LN, GN, MHA, LSTM, embeddings, raw parameters, customized ops: mix channels
+        elif not passes(node):  # mixes channels or of unknown layout: keep what it reads
             keep[roots_t] = True
     return keep
 
