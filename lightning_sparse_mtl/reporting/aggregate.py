@@ -24,6 +24,7 @@ from lightning_sparse_mtl.mtl.delta_m import is_metric_key
 from lightning_sparse_mtl.reporting.plots import make_plots
 from lightning_sparse_mtl.runs.atomic_io import atomic_write_text
 from lightning_sparse_mtl.runs.errors import UserError, exit_on_user_error
+from lightning_sparse_mtl.runs.validate import check_results_shape
 
 RESULTS = "results.json"
 SKIP_DIRS = {"wandb", "checkpoints", "csv", "predictions", "__pycache__"}
@@ -125,8 +126,9 @@ def collect(root: str | os.PathLike) -> tuple[list[dict[str, Any]], list[FailedR
             continue
         try:
             results = json.loads(path.read_text())
-            if not isinstance(results, Mapping):
-                raise ValueError("not a JSON object")
+            wrong = check_results_shape(results)  # e.g. "config" a list, "sparsity.layers" a string
+            if wrong:
+                raise ValueError(wrong)
         except (OSError, UnicodeDecodeError, ValueError) as err:
             failed.append(FailedRun(job, f"unreadable {RESULTS}: {err}"))
             continue

@@ -38,6 +38,8 @@ def validate_train_config(cfg: Any) -> list[str]:
 
     lam = validate_sparsity_weight(get(cfg, "lambda"))
     check_int("seed", get(cfg, "seed"), 0, 2**32 - 1, example=0)
+    check_trainer(get(cfg, "trainer") or {})
+    check_data(get(cfg, "data") or {})
     specs = check_tasks(cfg)
     tasks = [s.name for s in specs]
     check_task_weights(get(cfg, "task_weights"), tasks)
@@ -46,8 +48,6 @@ def validate_train_config(cfg: Any) -> list[str]:
     opt_cls = check_optimizer_class(cfg)
     check_sparsity(get(cfg, "sparsity") or {}, lam, opt_cls)
     check_optimizer(cfg)
-    check_trainer(get(cfg, "trainer") or {})
-    check_data(get(cfg, "data") or {})
     check_optional_file("ckpt_path", get(cfg, "ckpt_path"))
     check_choice("test_ckpt", get(cfg, "test_ckpt", "last"), ("last", "best"))
     if get(cfg, "test_ckpt", "last") == "best" and not get(cfg, "callbacks.model_checkpoint.monitor"):
