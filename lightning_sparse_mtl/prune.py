@@ -15,9 +15,9 @@ from omegaconf import DictConfig
 from lightning_sparse_mtl.deploy.compact import prune_and_measure
 from lightning_sparse_mtl.runs.checkpoints import load_module
 from lightning_sparse_mtl.runs.configs import CONFIG_DIR
+from lightning_sparse_mtl.runs.data_paths import measured_input_size, point_data_at
 from lightning_sparse_mtl.runs.errors import exit_on_user_error
 from lightning_sparse_mtl.runs.results import print_results, read_results, write_results
-from lightning_sparse_mtl.runs.data_paths import measured_input_size, point_data_at
 from lightning_sparse_mtl.runs.validate import check_writable_file, require_ckpt_path
 
 

@@ -398,7 +398,9 @@ def test_refused_cli_run_leaves_the_finished_run_untouched(extra: list[str], mes
     run_dir = fake_finished_run(tmp_path / "done")
     other = fake_finished_run(tmp_path / "other") / "checkpoints" / "last.ckpt"
     before = snapshot(run_dir)
-    proc = cli("train", *TINY, f"hydra.run.dir={run_dir}", *(e.replace("{other}", str(other)) for e in extra), cwd=tmp_path)
+    proc = cli(
+        "train", *TINY, f"hydra.run.dir={run_dir}", *(e.replace("{other}", str(other)) for e in extra), cwd=tmp_path
+    )
     assert_refused(proc, message)
     assert snapshot(run_dir) == before
 
