@@ -91,7 +91,7 @@ BAD_CONFIGS = [
     ("data.num_workers=-1", "data.num_workers must be an integer >= 0"),
     ("data.eval_batch_size=-4", "data.eval_batch_size must be an integer >= 1"),
     ("data.splits.train.num_scenes=0", "num_scenes must be an integer >= 1"),
-    ("sparsity.prox=adamx", "sparsity.prox must be one of none, plain, adam"),
+    ("sparsity.prox=adamx", "sparsity.prox must be one of adam, none, plain"),
     ("sparsity.schedule=cosine", "sparsity.schedule must be one of"),
     ("sparsity.warmup_epochs=1.5", "sparsity.warmup_epochs must be an integer >= 0"),
     ("sparsity.newton_iters=0", "sparsity.newton_iters must be an integer >= 1"),

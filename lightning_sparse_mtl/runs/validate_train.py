@@ -27,8 +27,6 @@ from lightning_sparse_mtl.runs.validate import (
     unknown_keys,
 )  # fmt: skip
 
-SPARSITY_KEYS = ("prox", "penalty_in_loss", "revive", "warmup_epochs", "schedule", "ramp_epochs", "newton_iters",
-                 "module", "exclude_image_conv", "exclude")  # fmt: skip
 EXTRA_RESULT_KEYS = ("sparsity/group_sparsity", "sparsity/weight_sparsity", "params", "wall_time_s")
 
 
@@ -165,17 +163,38 @@ def check_optimizer(cfg: Any) -> None:
         instantiate_checked("scheduler", sched, optimizer=optimizer)
 
 
-def check_sparsity(sp: Mapping, lam: float, opt_cls: type) -> None:
-    from lightning_sparse_mtl.sparsity.controller import PROX_KINDS, SCHEDULES
+def sparsity_keys() -> list[str]:
+    """Every key a ``sparsity`` config may hold: GroupSparsity's and from_module's arguments, and ``module``."""
+    import inspect
 
-    unknown_keys("sparsity", sp, SPARSITY_KEYS)
-    prox = check_choice("sparsity.prox", sp.get("prox", "adam"), PROX_KINDS)
-    check_choice("sparsity.schedule", sp.get("schedule", "constant"), SCHEDULES)
-    for key in ("penalty_in_loss", "revive", "exclude_image_conv"):
-        check_bool(f"sparsity.{key}", sp.get(key, False))
+    from lightning_sparse_mtl.sparsity.controller import GroupSparsity
+
+    names = set(inspect.signature(GroupSparsity.__init__).parameters) | set(
+        inspect.signature(GroupSparsity.from_module).parameters
+    )
+    return sorted((names - {"self", "cls", "groups", "sparsity_weight", "kwargs", "prefix"}) | {"module"})
+
+
+def check_sparsity(sp: Mapping, lam: float, opt_cls: type) -> None:
+    from lightning_sparse_mtl.sparsity import controller
+
+    unknown_keys("sparsity", sp, sparsity_keys())
+    prox = check_choice("sparsity.prox", sp.get("prox", "adam"), controller.PROX.names())
+    check_choice("sparsity.schedule", sp.get("schedule", "constant"), controller.SCHEDULES)
+    if hasattr(controller, "GROUP_WEIGHTS"):
+        check_choice("sparsity.group_weight", sp.get("group_weight", "sqrt_size"), sorted(controller.GROUP_WEIGHTS))
+    for key in ("penalty_grad", "revive", "exclude_image_conv"):
+        if key in sp:
+            check_bool(f"sparsity.{key}", sp[key])
+    if sp.get("penalty_in_loss") is not None:
+        check_bool("sparsity.penalty_in_loss", sp["penalty_in_loss"])
+    if "compile" in sp and sp["compile"] not in (True, False, "auto"):
+        raise UserError(f"sparsity.compile must be true, false or auto; got {sp['compile']!r}")
     check_int("sparsity.warmup_epochs", sp.get("warmup_epochs", 0), 0, example=0)
     check_int("sparsity.ramp_epochs", sp.get("ramp_epochs", 0), 0, example=0)
     check_int("sparsity.newton_iters", sp.get("newton_iters", 3), 1, example=3)
+    if "warm_iters" in sp:
+        check_int("sparsity.warm_iters", sp["warm_iters"], 0, example=2)
     check_choice("sparsity.module", sp.get("module", "encoder"), ("encoder", "heads"))
     check_regexes("sparsity.exclude", sp.get("exclude") or [])
     if lam > 0 and prox == "adam" and not issubclass(opt_cls, torch.optim.Adam | torch.optim.AdamW):
