@@ -33,6 +33,9 @@ EXPECTED = {
 def open_npy(path: Path) -> np.ndarray:
     """Memory-mapped array (only the header is read now) or a one-line UserError naming the file."""
     try:
+        with open(path, "rb") as fh:
+            if fh.read(6) != b"\x93NUMPY":
+                raise ValueError("not a .npy file (no NUMPY header)")
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as err:  # bad magic, truncated, pickled object, unreadable
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
