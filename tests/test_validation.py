@@ -438,3 +438,11 @@ def test_prune_and_evaluate_cli_without_ckpt_path(tmp_path: Path) -> None:
     assert_refused(cli("evaluate", "output=/proc/nope/x.json", "ckpt_path=" + str(tmp_path / "x.ckpt"), cwd=tmp_path),
                    "checkpoint not found")  # fmt: skip
     assert list(tmp_path.iterdir()) == []
+
+
+def test_multirun_with_a_bad_fixed_key_is_refused_before_any_job(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = cli("train", "-m", *TINY, "lambda=0,1e-3", "optimized_metric=test/seg/miu", f"hydra.sweep.dir={sweep}",
+               cwd=tmp_path)  # fmt: skip
+    assert_refused(proc, "optimized_metric 'test/seg/miu' is not a key this run writes")
+    assert not sweep.exists()

@@ -126,10 +126,14 @@ class RunGuard(Callback):
             _fail(err)
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        """A sweep into a folder that already holds finished jobs is refused (their files would be rewritten)."""
+        """The config without the swept values (each job checks its own at its start), and a sweep folder that
+        already holds finished jobs is refused (their files would be rewritten)."""
         from omegaconf import OmegaConf
 
+        from lightning_sparse_mtl.runs.validate_train import validate_train_config
+
         try:
+            validate_train_config(config)
             sweep = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
             check_writable_dir(sweep, "sweep directory")
             done = sorted(sweep.glob("*/results.json")) if sweep.is_dir() else []
