@@ -91,7 +91,7 @@ BAD_CONFIGS = [
     ("data.num_workers=-1", "data.num_workers must be an integer >= 0"),
     ("data.eval_batch_size=-4", "data.eval_batch_size must be an integer >= 1"),
     ("data.splits.train.num_scenes=0", "num_scenes must be an integer >= 1"),
-    ("sparsity.prox=adamx", "sparsity.prox must be one of adam, none, plain"),
+    ("sparsity.prox=adamx", "unknown sparsity.prox 'adamx'; valid: adam, none, plain"),
     ("sparsity.schedule=cosine", "sparsity.schedule must be one of"),
     ("sparsity.warmup_epochs=1.5", "sparsity.warmup_epochs must be an integer >= 0"),
     ("sparsity.newton_iters=0", "sparsity.newton_iters must be an integer >= 1"),
@@ -101,7 +101,7 @@ BAD_CONFIGS = [
     ("sparsity.exclude=['layer[1']", "invalid regular expression"),
     ("weighting=dwa weighting.temperature=0", "weighting.temperature must be a finite number > 0"),
     ("model.output_stride=7", "model.output_stride must be one of 8, 16, 32"),
-    ("model.head=mlp", "model.head must be one of aspp, conv, skip"),
+    ("model.head=mlp", "unknown head 'mlp'; valid: aspp, conv, skip"),
     ("model.head_channels=0", "model.head_channels must be an integer >= 1"),
     ("model.weights=/no/such/file.pt", "model.weights: file not found"),
     ("test_ckpt=first", "test_ckpt must be one of last, best"),
@@ -125,13 +125,13 @@ BAD_CONFIGS = [
     ("task_weights={segm:1}", "task_weights names 'segm', which is not in tasks"),
     ("task_weights={seg:0,depth:0,normal:0}", "task_weights are all 0"),
     ("model.head_overrides={segm:aspp}", "model.head_overrides names 'segm', not a dense task"),
-    ("model.head_overrides={seg:mlp}", "model.head_overrides.seg must be one of aspp, conv, skip"),
+    ("model.head_overrides={seg:mlp}", "model.head_overrides.seg: unknown head 'mlp'; valid: aspp, conv, skip"),
     ("task_weights=3", "task_weights must be a mapping"),
     # names
     ("tasks=segm", "unknown task 'segm'"),
     ("tasks=[]", "tasks is empty"),
     ("tasks=[seg,seg]", "tasks has duplicates"),
-    ("weighting.name=nope", "weighting.name must be one of"),
+    ("weighting.name=nope", "unknown weighting 'nope'; valid: dwa, fixed, uncertainty"),
 ]
 
 

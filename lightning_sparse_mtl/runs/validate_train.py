@@ -101,7 +101,7 @@ def check_model(cfg: Any, specs: list) -> None:
     if not isinstance(model.get("encoder"), str):
         raise UserError(f"model.encoder must be an encoder name, got {model.get('encoder')!r}")
     check_choice("model.output_stride", model.get("output_stride", 32), (8, 16, 32))
-    check_choice("model.head", model.get("head", "conv"), sorted(DENSE_HEADS))
+    DENSE_HEADS.get(model.get("head", "conv"))  # "unknown head 'x'; valid: ..." (the registry's message)
     check_int("model.head_channels", model.get("head_channels", 64), 1, example=64)
     overrides = model.get("head_overrides")
     if overrides is not None:
@@ -112,7 +112,10 @@ def check_model(cfg: Any, specs: list) -> None:
             if task not in dense:
                 raise UserError(f"model.head_overrides names {task!r}, not a dense task of this run "
                                 f"({', '.join(dense) or 'none'}); remove it")  # fmt: skip
-            check_choice(f"model.head_overrides.{task}", head, sorted(DENSE_HEADS))
+            try:
+                DENSE_HEADS.get(head)
+            except UserError as err:
+                raise UserError(f"model.head_overrides.{task}: {err}") from None
     check_optional_file("model.weights", model.get("weights"))
 
 
@@ -120,7 +123,7 @@ def check_weighting(node: Any) -> None:
     from lightning_sparse_mtl.mtl.weighting import WEIGHTINGS
 
     node = dict(node or {"name": "fixed"})
-    check_choice("weighting.name", node.pop("name", "fixed"), sorted(WEIGHTINGS))
+    WEIGHTINGS.get(node.pop("name", "fixed"))
     if "temperature" in node:
         check_number("weighting.temperature", node["temperature"], 0, lo_open=True, example=2.0)
 
@@ -179,7 +182,8 @@ def check_sparsity(sp: Mapping, lam: float, opt_cls: type) -> None:
     from lightning_sparse_mtl.sparsity import controller
 
     unknown_keys("sparsity", sp, sparsity_keys())
-    prox = check_choice("sparsity.prox", sp.get("prox", "adam"), controller.PROX.names())
+    prox = sp.get("prox", "adam")
+    controller.PROX.get(prox)
     check_choice("sparsity.schedule", sp.get("schedule", "constant"), controller.SCHEDULES)
     if hasattr(controller, "GROUP_WEIGHTS"):
         check_choice("sparsity.group_weight", sp.get("group_weight", "sqrt_size"), sorted(controller.GROUP_WEIGHTS))
