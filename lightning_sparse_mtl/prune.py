@@ -21,9 +21,7 @@ from lightning_sparse_mtl.runs.results import print_results, read_results, write
 from lightning_sparse_mtl.runs.validate import check_writable_file, require_ckpt_path
 
 
-def prune_checkpoint(
-    ckpt_path: str, output: str | None = None, data_root: str | None = None, input_size=None, **kwargs
-) -> dict | None:
+def prune_checkpoint(ckpt_path: str, output: str | None = None, data_root: str | None = None, **kwargs) -> dict | None:
     """Load a training checkpoint, prune and measure it; with the default output, merge the figures into its
     run's results.json (replacing the figures of an earlier prune). ``output=<elsewhere>`` leaves the run untouched."""
     ckpt = Path(ckpt_path).resolve()
@@ -32,8 +30,8 @@ def prune_checkpoint(
     if not output:
         check_writable_file(out, "output (default: the run directory)")
     module = load_module(ckpt_path)
-    point_data_at(module.cfg, data_root, input_size)
-    module.cfg["data"]["input_size"] = measured_input_size(module.cfg, "prune")
+    point_data_at(module.cfg, data_root)  # kept in pruned.pt's config, so evaluate finds the data too
+    measured_input_size(module.cfg, "prune")  # the data is there (one test image gives the input size)
     figures = prune_and_measure(module, out, **kwargs)
     results_path = run_dir / "results.json"
     if figures and results_path.is_file() and out.parent.resolve() == run_dir.resolve():
@@ -51,7 +49,6 @@ def main(cfg: DictConfig) -> None:
             require_ckpt_path(cfg, "prune"),
             cfg.get("output"),
             cfg.get("data_root"),
-            cfg.get("input_size"),
             batch_sizes=list(cfg.batch_sizes),
             repeats=cfg.repeats,
             threads=cfg.threads,

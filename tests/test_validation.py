@@ -342,7 +342,6 @@ def test_moved_data_is_pointed_at_with_data_root(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="prune reads one test image .*pass data_root="):
         measured_input_size(cfg, "prune")
     assert measured_input_size(point_data_at(cfg, str(root)), "prune") == [36, 48]
-    assert measured_input_size(point_data_at(cfg, None, [64, 80]), "prune") == [64, 80]
     with pytest.raises(UserError, match="data_root=.* is not a folder"):
         point_data_at(cfg, str(tmp_path / "also_gone"))
 

@@ -1,15 +1,14 @@
-"""A checkpoint whose data moved: point its config at the new folder (``data_root=``) or a fixed ``input_size``."""
+"""A checkpoint whose data moved: point its config at the new folder (``data_root=``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from lightning_sparse_mtl.runs.errors import UserError
 
 
-def point_data_at(cfg: dict, data_root: str | None = None, input_size: Any = None) -> dict:
-    """A checkpoint's (plain) config with its data moved to ``data_root`` and/or a fixed ``data.input_size``."""
+def point_data_at(cfg: dict, data_root: str | None = None) -> dict:
+    """A checkpoint's (plain) config with its data moved to ``data_root`` (None: unchanged)."""
     data = cfg["data"]
     if data_root is not None:
         if not isinstance(data_root, str) or not Path(data_root).expanduser().is_dir():
@@ -17,11 +16,6 @@ def point_data_at(cfg: dict, data_root: str | None = None, input_size: Any = Non
         data["root"] = data_root
         if isinstance(data.get("dataset"), dict) and "root" in data["dataset"]:
             data["dataset"]["root"] = data_root
-    if input_size is not None:
-        size = list(input_size) if isinstance(input_size, list | tuple) else [input_size, input_size]
-        if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 8 for v in size):
-            raise UserError(f"input_size must be [H, W] (integers >= 8), got {input_size!r}; e.g. input_size=[288,384]")
-        data["input_size"] = size
     return cfg
 
 
@@ -33,4 +27,4 @@ def measured_input_size(cfg: dict, command: str) -> list[int]:
         return list(input_size_of(cfg))
     except UserError as err:
         raise UserError(f"{err} -- {command} reads one test image for the input size: pass data_root=<folder now "
-                        "holding the data> or input_size=[H,W]") from None  # fmt: skip
+                        "holding the data>") from None  # fmt: skip
