@@ -19,6 +19,7 @@ from lightning_sparse_mtl.runs.checkpoints import load_any
 from lightning_sparse_mtl.runs.configs import CONFIG_DIR
 from lightning_sparse_mtl.runs.errors import exit_on_user_error
 from lightning_sparse_mtl.runs.results import print_results, to_jsonable, write_results
+from lightning_sparse_mtl.runs.validate import check_writable_file, require_ckpt_path
 
 
 def evaluate(
@@ -40,7 +41,10 @@ def evaluate(
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     def run() -> None:
-        metrics = evaluate(cfg.ckpt_path, cfg.get("data_root"), cfg.get("batch_size"), dict(cfg.trainer))
+        ckpt_path = require_ckpt_path(cfg, "evaluate")
+        if cfg.get("output"):
+            check_writable_file(cfg.output, "output")  # before the test loop, not after
+        metrics = evaluate(ckpt_path, cfg.get("data_root"), cfg.get("batch_size"), dict(cfg.trainer))
         print_results(metrics, title=f"test metrics of {cfg.ckpt_path}")
         if cfg.get("output"):
             write_results(cfg.output, metrics)

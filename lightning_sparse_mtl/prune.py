@@ -17,19 +17,28 @@ from omegaconf import DictConfig
 from lightning_sparse_mtl.deploy.compact import prune_and_measure
 from lightning_sparse_mtl.runs.checkpoints import load_module
 from lightning_sparse_mtl.runs.configs import CONFIG_DIR
+from lightning_sparse_mtl.runs.data_paths import measured_input_size, point_data_at
 from lightning_sparse_mtl.runs.errors import exit_on_user_error
 from lightning_sparse_mtl.runs.results import print_results, read_results, write_results
+from lightning_sparse_mtl.runs.validate import check_writable_file, require_ckpt_path
 
 
-def prune_checkpoint(ckpt_path: str, output: str | None = None, **kwargs) -> dict | None:
-    """Load a training checkpoint, prune and measure it, merge the figures into its run's results.json."""
-    module = load_module(ckpt_path)
+def prune_checkpoint(ckpt_path: str, output: str | None = None, data_root: str | None = None, **kwargs) -> dict | None:
+    """Load a training checkpoint, prune and measure it; with the default output, merge the figures into its
+    run's results.json (replacing the figures of an earlier prune). ``output=<elsewhere>`` leaves the run untouched."""
     ckpt = Path(ckpt_path).resolve()
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    figures = prune_and_measure(module, Path(output) if output else run_dir / "pruned.pt", **kwargs)
+    out = check_writable_file(output, "output") if output else run_dir / "pruned.pt"
+    if not output:
+        check_writable_file(out, "output (default: the run directory)")
+    module = load_module(ckpt_path)
+    point_data_at(module.cfg, data_root)  # kept in pruned.pt's config, so evaluate finds the data too
+    measured_input_size(module.cfg, "prune")  # the data is there (one test image gives the input size)
+    figures = prune_and_measure(module, out, **kwargs)
     results_path = run_dir / "results.json"
-    if figures and results_path.is_file():
-        write_results(results_path, {**read_results(results_path), **figures})
+    if figures and results_path.is_file() and out.parent.resolve() == run_dir.resolve():
+        kept = {k: v for k, v in read_results(results_path).items() if not k.startswith(("pruned/", "dense/"))}
+        write_results(results_path, {**kept, **figures})
     if figures:
         print_results(figures, title=f"pruned model: {figures['pruned/path']}")
     return figures
@@ -39,8 +48,9 @@ def prune_checkpoint(ckpt_path: str, output: str | None = None, **kwargs) -> dic
 def main(cfg: DictConfig) -> None:
     exit_on_user_error(
         lambda: prune_checkpoint(
-            cfg.ckpt_path,
+            require_ckpt_path(cfg, "prune"),
             cfg.get("output"),
+            cfg.get("data_root"),
             batch_sizes=list(cfg.batch_sizes),
             repeats=cfg.repeats,
             threads=cfg.threads,

@@ -10,17 +10,21 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lightning_sparse_mtl.data.checks import check_train_steps
 from lightning_sparse_mtl.deploy.compact import prune_and_measure
 from lightning_sparse_mtl.mtl.delta_m import delta_m, load_baselines, metric_directions
 from lightning_sparse_mtl.reporting.wandb_log import finish_loggers, log_final_tables, log_run_config
 from lightning_sparse_mtl.runs.checkpoints import check_resume
 from lightning_sparse_mtl.runs.configs import CONFIG_DIR, plain_config
-from lightning_sparse_mtl.runs.errors import NonFiniteLossError, UserError, exit_on_user_error
+from lightning_sparse_mtl.runs.csv_log import prepare_csv_resume
+from lightning_sparse_mtl.runs.errors import Interrupted, NonFiniteLossError, UserError, exit_on_user_error
 from lightning_sparse_mtl.runs.provenance import git_commit, package_versions
 from lightning_sparse_mtl.runs.results import print_results, write_results
-from lightning_sparse_mtl.sparsity.controller import validate_sparsity_weight
+from lightning_sparse_mtl.runs.run_dir import guard_run_dir, holds, release_run_dir
+from lightning_sparse_mtl.runs.validate import instantiate_checked
+from lightning_sparse_mtl.runs.validate_train import validate_train_config
 from lightning_sparse_mtl.sparsity.stats import sparsity_stats
 from lightning_sparse_mtl.training.module import SparseMTLModule
 
@@ -47,24 +51,33 @@ def checkpoint_to_test(trainer: L.Trainer, which: str) -> str | None:
     return str(Path(path).resolve()) if path else None
 
 
-def check_run_dir(run_dir: Path, resuming: bool) -> None:
-    """Refuse to overwrite a finished run (unless it is being resumed)."""
-    if (run_dir / "results.json").exists() and not resuming:
-        raise UserError(
-            f"{run_dir} already holds a finished run (results.json); choose another hydra.run.dir, "
-            "or pass ckpt_path=<its checkpoints/last.ckpt> to resume it"
-        )
+def interrupted_message(saved: Path | None) -> str:
+    last = saved.resolve() if saved and saved.is_file() else None
+    if last is None:
+        return "interrupted before the first checkpoint; nothing to resume, start the run again"
+    return f"interrupted; resume with the same overrides plus hydra.run.dir={last.parent.parent} ckpt_path={last}"
 
 
 def fit(trainer: L.Trainer, module: SparseMTLModule, datamodule: L.LightningDataModule, ckpt_path: str | None) -> None:
     """``trainer.fit``; a NaN/Inf stop names the last good checkpoint."""
+    cb = trainer.checkpoint_callback
+    saved = Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}" if cb and cb.dirpath else None
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except NonFiniteLossError as err:
-        cb = trainer.checkpoint_callback
-        saved = Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}" if cb and cb.dirpath else None
         last = str(saved.resolve()) if saved and saved.is_file() else None
         raise NonFiniteLossError(f"{err}; last good checkpoint: {last or 'none saved yet'}") from None
+    except SystemExit:  # Lightning turns Ctrl-C into a graceful stop + sys.exit(1)
+        if not trainer.interrupted:
+            raise
+    if trainer.interrupted:
+        raise Interrupted(interrupted_message(saved))
+    if trainer.global_step == 0:
+        raise UserError(
+            "training took no optimizer step (train batches per epoch: "
+            f"{trainer.num_training_batches}); nothing is written: lower data.batch_size or raise "
+            "trainer.limit_train_batches / max_epochs"
+        )
 
 
 def collect_results(cfg: DictConfig, module: SparseMTLModule, test_metrics: dict, run_dir: Path, start: float) -> dict:
@@ -101,18 +114,30 @@ def prune_options(prune_cfg) -> dict:
 
 def train(cfg: DictConfig) -> dict:
     """Fit, test, prune (lambda > 0), write ``results.json`` in the run directory; returns the results dict."""
-    validate_sparsity_weight(cfg.get("lambda"))
+    tasks = validate_train_config(cfg)  # the whole config, before anything is built or written
+    with open_dict(cfg):
+        cfg.tasks = tasks  # tasks=seg -> [seg]
     run_dir = current_run_dir()
-    check_run_dir(run_dir, resuming=cfg.get("ckpt_path") is not None)
+    claimed_here = not holds(run_dir)
+    guard_run_dir(run_dir, cfg.get("ckpt_path"))
+    try:
+        return _train(cfg, run_dir)
+    finally:
+        if claimed_here:
+            release_run_dir(run_dir)
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     start = time.perf_counter()
     module = SparseMTLModule(cfg)  # validates tasks, encoder, heads, sparsity before any data work
-    datamodule = instantiate(cfg.data)
-    for stage in ("fit", "test"):  # build and validate every split before any training starts
+    datamodule = instantiate_checked("data", cfg.data)
+    for stage in ("fit", "test"):  # build and validate every split (every file) before any training starts
         datamodule.setup(stage)
-    if cfg.get("ckpt_path"):
-        check_resume(module, cfg.ckpt_path)
+    check_train_steps(datamodule, cfg.trainer, cfg.tasks)
+    resume = check_resume(module, cfg.ckpt_path) if cfg.get("ckpt_path") else None
     trainer = build_trainer(cfg, run_dir)
+    prepare_csv_resume(trainer, resume)
     log_run_config(trainer, plain_config(cfg))
     failed = True
     try:

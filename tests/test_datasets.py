@@ -245,9 +245,8 @@ def test_nyuv2_bad_data(tmp_path: Path, case: str, expect: str) -> None:
 def test_corrupt_file_in_getitem_names_the_file(tmp_path: Path) -> None:
     root = make_nyuv2(tmp_path)
     (root / "val" / "normal" / "2.npy").write_bytes(b"not a numpy file at all")
-    ds = NYUv2("test", root)  # only sample 0 is checked up front
-    with pytest.raises(UserError, match="cannot read .*val/normal/2.npy"):
-        ds[2]
+    with pytest.raises(UserError, match="cannot read .*val/normal/2.npy: not a .npy file"):
+        NYUv2("test", root)  # every file is checked up front, not only sample 0
     cs = make_cityscapes(tmp_path / "cs")
     (cs / "train" / "depth" / "4.npy").unlink()
     with pytest.raises(UserError, match="mismatched file counts: .*train/depth has 9"):

@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from lightning_sparse_mtl.data.checks import check_image_headers
 from lightning_sparse_mtl.data.nyuv2 import check_split
 from lightning_sparse_mtl.runs.errors import UserError
 
@@ -158,8 +159,14 @@ class CelebAMaskHQ(Dataset):
             cols = [names.index(a) for a in self.attributes]
             self.attr_values = {i: v[cols] for i, v in rows.items()}
         self.indices = [on_disk[j] for j in self.carve(len(on_disk), split, val_fraction, test_fraction, seed)]
+        # every file's header (data/checks.py); one sample decoded now, the others as they are loaded
+        check_image_headers((image_dir / f"{i}.jpg" for i in self.indices), same_size=image_size is None)
+        if self.with_seg:
+            masks = (mask_path(self.root, i, p) for i in self.indices for p in dict.fromkeys(self.parts))
+            check_image_headers((m for m in masks if m.is_file()), same_size=False)
+        self.num_classes = 1 + len(self.part_classes)
         if self.indices:
-            self._load(self.indices[0])  # one sample: decodable image and masks
+            self._load(self.indices[0])
 
     @staticmethod
     def carve(n: int, split: str, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -253,6 +254,22 @@ def cache_path(
     return Path(cache_dir) / f"digits_{split}_{num_scenes}x{image_size}_{digest}.npz"
 
 
+_COMPACT_KEYS = ("image", "surface", "planes", "card_labels", "digit_ids")
+
+
+def _read_cache(path: Path, num_scenes: int) -> dict[str, np.ndarray] | None:
+    """The cached arrays, or None (with a warning) when the file is corrupt or incomplete: it is then rebuilt."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {key: z[key] for key in z.files}
+        if not set(_COMPACT_KEYS) <= set(data) or any(len(data[k]) != num_scenes for k in _COMPACT_KEYS):
+            raise ValueError("missing arrays or wrong scene count")
+        return data
+    except Exception as err:  # truncated zip, bad CRC, garbage bytes, wrong content
+        warnings.warn(f"digits cache {path} is unreadable ({type(err).__name__}: {err}); rebuilding it", stacklevel=2)
+        return None
+
+
 def load_digit_scenes(
     split: str,
     cache_dir: str | os.PathLike,
@@ -268,8 +285,9 @@ def load_digit_scenes(
     split_idx = _check_split(split)
     path = cache_path(split, cache_dir, num_scenes, image_size, cards, seed)
     if path.exists():
-        with np.load(path) as z:
-            return _expand({key: z[key] for key in z.files})
+        cached = _read_cache(path, num_scenes)
+        if cached is not None:
+            return _expand(cached)
     digits, labels = load_source_digits()
     pool = digit_split_indices(labels, SPLIT_FRACTIONS, seed)[split]
     scene_seed = int(np.random.SeedSequence([seed, split_idx]).generate_state(1)[0])

@@ -10,7 +10,8 @@ On disk (288x384 for NYUv2)::
 Splits: the official ``val`` folder is the official *test* split (654 images), so ``split="test"`` reads
 it; ``"train"`` and ``"val"`` are carved deterministically (``seed``) from the official ``train`` folder
 (795 images), ``val`` taking ``round(val_fraction * N)`` of them. The two are disjoint and together cover
-the folder. Layout problems raise :class:`UserError` in ``__init__`` (before training starts).
+the folder. Layout problems and bad files (every file is checked, see ``data/checks.py``) raise
+:class:`UserError` in ``__init__`` (before training starts).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lightning_sparse_mtl.data.checks import check_npy_split
 from lightning_sparse_mtl.runs.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -147,8 +149,8 @@ class NpyMultiTaskDataset(Dataset):
         self.indices = self._check_counts(files)
         if split != "test":
             self.indices = [self.indices[i] for i in carve_indices(len(self.indices), split, val_fraction, seed)]
-        if self.indices:
-            self._check_sample(self.indices[0])
+        # every file of the split: header, shape, dtype, size, values (data/checks.py)
+        check_npy_split({k: self.split_dir / f for k, f in self.folders.items()}, self.indices, self.num_classes)
 
     def _check_counts(self, files: Mapping[str, list[int]]) -> list[int]:
         ref_key = next(iter(self.folders))

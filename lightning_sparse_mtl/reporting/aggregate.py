@@ -29,6 +29,7 @@ from lightning_sparse_mtl.reporting.summary import add_delta_m, load_stl_baselin
 from lightning_sparse_mtl.reporting.summary_tables import summary_markdown
 from lightning_sparse_mtl.runs.atomic_io import atomic_write_text
 from lightning_sparse_mtl.runs.errors import UserError, exit_on_user_error
+from lightning_sparse_mtl.runs.validate import check_results_shape
 
 RESULTS = "results.json"
 SKIP_DIRS = {"wandb", "checkpoints", "csv", "predictions", "__pycache__"}
@@ -138,8 +139,9 @@ def collect_with_notes(root: str | os.PathLike) -> tuple[list[dict[str, Any]], l
             continue
         try:
             results = json.loads(path.read_text())
-            if not isinstance(results, Mapping):
-                raise ValueError("not a JSON object")
+            wrong = check_results_shape(results)  # e.g. "config" a list, "sparsity.layers" a string
+            if wrong:
+                raise ValueError(wrong)
         except (OSError, UnicodeDecodeError, ValueError) as err:
             failed.append(FailedRun(job, f"unreadable {RESULTS}: {err}"))
             continue

@@ -53,8 +53,9 @@ def load_module(path: str | os.PathLike):
     return module.eval()
 
 
-def check_resume(module: torch.nn.Module, path: str | os.PathLike) -> None:
-    """Fail with one line unless ``path`` is a training checkpoint whose weights fit ``module`` exactly."""
+def check_resume(module: torch.nn.Module, path: str | os.PathLike) -> dict[str, int]:
+    """Fail with one line unless ``path`` is a training checkpoint whose weights fit ``module`` exactly;
+    returns its ``{"epoch", "global_step"}``."""
     ckpt = _torch_load(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "optimizer_states" not in ckpt:
         raise UserError(
@@ -68,6 +69,7 @@ def check_resume(module: torch.nn.Module, path: str | os.PathLike) -> None:
             f"{path} was trained with a different model config ({len(diff)} tensors differ, e.g. {diff[0][0]}); "
             "resume with the overrides of the original run"
         )
+    return {"epoch": int(ckpt.get("epoch", 0)), "global_step": int(ckpt.get("global_step", 0))}
 
 
 def save_pruned(path: str | os.PathLike, net: torch.nn.Module, cfg: dict, report: dict) -> Path:

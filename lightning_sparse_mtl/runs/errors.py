@@ -17,15 +17,21 @@ class NonFiniteLossError(UserError):
     """A loss term or the penalty became NaN/Inf during training."""
 
 
+class Interrupted(UserError):
+    """Training was stopped by the user (Ctrl-C / SIGINT); the message names the checkpoint to resume from."""
+
+    exit_code = 130
+
+
 def unknown_name(kind: str, name: object, valid: Iterable[str]) -> UserError:
     """Error for an unknown name, listing the valid ones."""
     return UserError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(valid))}")
 
 
 def exit_on_user_error(fn: Callable[[], T]) -> T:
-    """Run ``fn``; a :class:`UserError` becomes ``error: <message>`` on stderr and exit status 2."""
+    """Run ``fn``; a :class:`UserError` becomes ``error: <message>`` on stderr and exit status 2 (130: interrupted)."""
     try:
         return fn()
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        sys.exit(getattr(err, "exit_code", 2))

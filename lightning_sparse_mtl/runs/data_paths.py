@@ -1,0 +1,30 @@
+"""A checkpoint whose data moved: point its config at the new folder (``data_root=``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning_sparse_mtl.runs.errors import UserError
+
+
+def point_data_at(cfg: dict, data_root: str | None = None) -> dict:
+    """A checkpoint's (plain) config with its data moved to ``data_root`` (None: unchanged)."""
+    data = cfg["data"]
+    if data_root is not None:
+        if not isinstance(data_root, str) or not Path(data_root).expanduser().is_dir():
+            raise UserError(f"data_root={data_root} is not a folder; give the folder that now holds the dataset")
+        data["root"] = data_root
+        if isinstance(data.get("dataset"), dict) and "root" in data["dataset"]:
+            data["dataset"]["root"] = data_root
+    return cfg
+
+
+def measured_input_size(cfg: dict, command: str) -> list[int]:
+    """(H, W) the model is measured at: ``data.input_size``, else one test image (a one-line hint when it is gone)."""
+    from lightning_sparse_mtl.deploy.compact import input_size_of
+
+    try:
+        return list(input_size_of(cfg))
+    except UserError as err:
+        raise UserError(f"{err} -- {command} reads one test image for the input size: pass data_root=<folder now "
+                        "holding the data>") from None  # fmt: skip

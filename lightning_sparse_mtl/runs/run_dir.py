@@ -1,0 +1,143 @@
+"""Run directories: refuse finished/foreign ones before anything is written, and claim them with a lock.
+
+A run directory holds a finished run when it has ``results.json``; it may be written into again only by a resume
+of *that* run (``ckpt_path`` inside it). A directory with checkpoints but no results (an interrupted run) may only
+be resumed. The claim is an ``fcntl.flock`` on ``<run dir>/.lsmtl.lock`` held for the life of the training: a second
+process into the same directory fails at once, and the kernel drops the lock when the holder dies (no stale locks).
+
+:class:`RunGuard` is a Hydra callback: ``on_run_start`` runs before Hydra creates the run directory and writes
+``.hydra/`` and the job log, so a refused run (bad config, finished or busy directory) leaves every file untouched.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from lightning_sparse_mtl.runs.errors import UserError
+from lightning_sparse_mtl.runs.validate import check_writable_dir
+
+LOCK_NAME = ".lsmtl.lock"
+_HELD: dict[Path, int] = {}  # resolved run dir -> open lock fd of this process
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def check_run_dir(run_dir: str | os.PathLike, ckpt_path: str | os.PathLike | None) -> None:
+    """Refuse a finished run dir (unless resumed from its own checkpoint) and an interrupted one (unless resumed)."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} is a file; choose another hydra.run.dir")
+    check_writable_dir(run_dir, "run directory")
+    own = run_dir / "checkpoints" / "last.ckpt"
+    if (run_dir / "results.json").exists():
+        if ckpt_path is None:
+            raise UserError(f"{run_dir} already holds a finished run (results.json); choose another hydra.run.dir, "
+                            f"or resume it with ckpt_path={own}")  # fmt: skip
+        if not _inside(Path(ckpt_path), run_dir):
+            raise UserError(f"{run_dir} holds a finished run and ckpt_path={ckpt_path} belongs to another run; "
+                            f"a finished run can only be resumed from its own checkpoint ({own}): choose another "
+                            "hydra.run.dir")  # fmt: skip
+    elif ckpt_path is None and any((run_dir / "checkpoints").glob("*.ckpt")):
+        raise UserError(f"{run_dir} holds checkpoints of an interrupted run; resume it with ckpt_path={own}, "
+                        "or choose another hydra.run.dir")  # fmt: skip
+
+
+def claim_run_dir(run_dir: str | os.PathLike) -> Path:
+    """Lock ``run_dir`` for this process (idempotent); UserError when another process holds it."""
+    run_dir = Path(run_dir).resolve()
+    if run_dir in _HELD:
+        return run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / LOCK_NAME
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise UserError(f"{run_dir} is in use by another training (pid {holder}); wait for it to end "
+                        "or choose another hydra.run.dir") from None  # fmt: skip
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[run_dir] = fd
+    return run_dir
+
+
+def release_run_dir(run_dir: str | os.PathLike) -> None:
+    fd = _HELD.pop(Path(run_dir).resolve(), None)
+    if fd is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def holds(run_dir: str | os.PathLike) -> bool:
+    return Path(run_dir).resolve() in _HELD
+
+
+def guard_run_dir(run_dir: str | os.PathLike, ckpt_path: str | None) -> Path:
+    """Check, claim, check again (another process may have finished it meanwhile)."""
+    check_run_dir(run_dir, ckpt_path)
+    already = holds(run_dir)
+    path = claim_run_dir(run_dir)
+    try:
+        check_run_dir(run_dir, ckpt_path)
+    except UserError:
+        if not already:
+            release_run_dir(run_dir)
+        raise
+    return path
+
+
+def _fail(err: UserError) -> None:
+    print(f"error: {err}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover
+    Callback = object  # type: ignore[misc,assignment]
+
+
+class RunGuard(Callback):
+    """Hydra callback: validate the config and claim the run dir before Hydra writes anything."""
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        from omegaconf import OmegaConf
+
+        from lightning_sparse_mtl.runs.validate_train import validate_train_config
+
+        try:
+            validate_train_config(config)
+            run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir")))  # ${now:} is cached: the dir Hydra uses
+            ckpt = OmegaConf.select(config, "ckpt_path")
+            guard_run_dir(run_dir, ckpt)
+        except UserError as err:
+            _fail(err)
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        """The config without the swept values (each job checks its own at its start), and a sweep folder that
+        already holds finished jobs is refused (their files would be rewritten)."""
+        from omegaconf import OmegaConf
+
+        from lightning_sparse_mtl.runs.validate_train import validate_train_config
+
+        try:
+            validate_train_config(config)
+            sweep = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
+            check_writable_dir(sweep, "sweep directory")
+            done = sorted(sweep.glob("*/results.json")) if sweep.is_dir() else []
+            if done:
+                raise UserError(f"{sweep} already holds finished jobs (e.g. {done[0]}); choose another hydra.sweep.dir")
+        except UserError as err:
+            _fail(err)
