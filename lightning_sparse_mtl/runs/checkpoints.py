@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from lightning_sparse_mtl.models.pretrained import restoring
 from lightning_sparse_mtl.runs.atomic_io import atomic_write_bytes
 from lightning_sparse_mtl.runs.errors import UserError
 
@@ -41,7 +42,8 @@ def load_module(path: str | os.PathLike):
     cfg = ckpt.get("hyper_parameters", {}).get("cfg") if isinstance(ckpt, dict) else None
     if not isinstance(cfg, dict) or "state_dict" not in ckpt:
         raise UserError(f"{path} is not a lightning-sparse-mtl training checkpoint (no config inside)")
-    module = SparseMTLModule(cfg)
+    with restoring():  # the checkpoint holds the weights: do not re-read model.weights
+        module = SparseMTLModule(cfg)
     try:
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
@@ -88,7 +90,8 @@ def load_any(path: str | os.PathLike):
 
     obj = _torch_load(path)
     if is_pruned_file(obj):
-        module = SparseMTLModule(obj["config"])
+        with restoring():
+            module = SparseMTLModule(obj["config"])
         module.net = obj["model"]
         return module.eval()
     return load_module(path)
