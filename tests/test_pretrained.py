@@ -195,3 +195,23 @@ def test_checkpoints_restore_without_rereading_the_weights_file(tmp_path, tv_fil
     old = SparseMTLModule(old_cfg)
     torch.save({"state_dict": old.state_dict(), "hyper_parameters": {"cfg": old.cfg}}, ckpt)
     assert not hasattr(load_module(ckpt).net, "input_mean")
+
+
+def test_normalised_model_prunes_and_keeps_its_outputs(tv_files) -> None:
+    """The normalisation in front of the encoder does not disturb the dependency graph or the outputs."""
+    from lightning_sparse_mtl.sparsity.pruning import prune_zero_channels
+
+    path, _ = tv_files["resnet18"]
+    model = net(weights=path, normalize="auto")
+    with torch.no_grad():
+        model.encoder.layer1[0].conv2.weight[:, :16] = 0  # nothing reads channels 0..15 of layer1.0.conv1
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+    report = prune_zero_channels(model, x, ignored_layers=model.head_output_layers())
+    assert sum(report.channels_removed.values()) >= 16 and report.max_abs_diff <= 1e-4
+    assert model.encoder.layer1[0].conv1.out_channels == 48
+    with torch.no_grad():
+        after = model(x)
+    assert all(torch.allclose(before[k], after[k], atol=1e-4) for k in before)
+    assert model.input_mean.flatten().tolist() == pytest.approx(pretrained.IMAGENET_MEAN)
