@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 
-from lightning_sparse_mtl.models.pretrained import restoring
 from lightning_sparse_mtl.runs.atomic_io import atomic_write_bytes
 from lightning_sparse_mtl.runs.errors import UserError
 
@@ -36,6 +35,7 @@ def is_pruned_file(obj: Any) -> bool:
 
 def load_module(path: str | os.PathLike):
     """A SparseMTLModule restored from a Lightning checkpoint of this project (weights, config, sparsity masks)."""
+    from lightning_sparse_mtl.models.pretrained import restoring
     from lightning_sparse_mtl.training.module import SparseMTLModule
 
     ckpt = _torch_load(path)
@@ -86,6 +86,7 @@ def load_pruned(path: str | os.PathLike) -> dict:
 
 def load_any(path: str | os.PathLike):
     """A SparseMTLModule from a training checkpoint or a pruned model file (its net is then the compact one)."""
+    from lightning_sparse_mtl.models.pretrained import restoring
     from lightning_sparse_mtl.training.module import SparseMTLModule
 
     obj = _torch_load(path)
