@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= 'torch>=2.3' 'torchvision>=0.18'
 PYTEST_ARGS ?=
 
-.PHONY: help install train test test-slow lint format bench clean
+.PHONY: help install train test test-slow lint format bench wheel clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -36,5 +36,8 @@ format: $(STAMP)  ## ruff fix + format
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-clean:  ## remove outputs and caches (not the venv)
-	rm -rf outputs multirun .pytest_cache .ruff_cache
+wheel: $(STAMP)  ## build dist/lightning_sparse_mtl-*.whl (the configs inside)
+	$(PIP) wheel -q --no-deps -w dist .
+
+clean:  ## remove outputs, caches and build outputs (not the venv)
+	rm -rf outputs multirun .pytest_cache .ruff_cache build dist *.egg-info

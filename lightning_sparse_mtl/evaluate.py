@@ -13,11 +13,12 @@ import json
 import hydra
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lightning_sparse_mtl.runs.checkpoints import load_any
 from lightning_sparse_mtl.runs.configs import CONFIG_DIR
 from lightning_sparse_mtl.runs.errors import exit_on_user_error
+from lightning_sparse_mtl.runs.logfile import quiet_known_noise
 from lightning_sparse_mtl.runs.results import print_results, to_jsonable, write_results
 from lightning_sparse_mtl.runs.validate import check_writable_file, require_ckpt_path
 
@@ -33,18 +34,22 @@ def evaluate(
     if batch_size is not None:
         data_cfg["eval_batch_size"] = batch_size
     datamodule = instantiate(data_cfg)
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_model_summary=False, **(trainer_kwargs or {}))
+    kwargs = {"enable_model_summary": False, **(trainer_kwargs or {}), "logger": False, "enable_checkpointing": False}
+    trainer = L.Trainer(**kwargs)
     metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     return {k: float(v) for k, v in sorted(metrics.items()) if k.startswith("test/") and k != "test/loss"}
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    quiet_known_noise()
+
     def run() -> None:
         ckpt_path = require_ckpt_path(cfg, "evaluate")
         if cfg.get("output"):
             check_writable_file(cfg.output, "output")  # before the test loop, not after
-        metrics = evaluate(ckpt_path, cfg.get("data_root"), cfg.get("batch_size"), dict(cfg.trainer))
+        trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k != "_target_"}
+        metrics = evaluate(ckpt_path, cfg.get("data_root"), cfg.get("batch_size"), trainer)
         print_results(metrics, title=f"test metrics of {cfg.ckpt_path}")
         if cfg.get("output"):
             write_results(cfg.output, metrics)

@@ -20,6 +20,7 @@ from lightning_sparse_mtl.runs.checkpoints import check_resume
 from lightning_sparse_mtl.runs.configs import CONFIG_DIR, plain_config
 from lightning_sparse_mtl.runs.csv_log import prepare_csv_resume
 from lightning_sparse_mtl.runs.errors import Interrupted, NonFiniteLossError, UserError, exit_on_user_error
+from lightning_sparse_mtl.runs.logfile import run_log
 from lightning_sparse_mtl.runs.provenance import git_commit, package_versions
 from lightning_sparse_mtl.runs.results import print_results, write_results
 from lightning_sparse_mtl.runs.run_dir import guard_run_dir, holds, release_run_dir
@@ -170,9 +171,10 @@ def sweep_value(results: dict, key: str | None) -> float | None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    if HydraConfig.get().mode == RunMode.MULTIRUN:  # let Hydra record a failed job and run the others
-        return sweep_value(train(cfg), cfg.get("optimized_metric"))
-    return exit_on_user_error(lambda: sweep_value(train(cfg), cfg.get("optimized_metric")))
+    with run_log():  # everything printed also goes to <run dir>/train.log
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # let Hydra record a failed job and run the others
+            return sweep_value(train(cfg), cfg.get("optimized_metric"))
+        return exit_on_user_error(lambda: sweep_value(train(cfg), cfg.get("optimized_metric")))
 
 
 if __name__ == "__main__":

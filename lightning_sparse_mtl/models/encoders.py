@@ -11,11 +11,11 @@ import difflib
 import os
 
 import timm
-import torch
 from segmentation_models_pytorch.encoders import encoders as SMP_ENCODERS
 from segmentation_models_pytorch.encoders import get_encoder
 from torch import nn
 
+from lightning_sparse_mtl.models.pretrained import load_pretrained
 from lightning_sparse_mtl.runs.errors import UserError, unknown_name
 
 OUTPUT_STRIDES = (8, 16, 32)
@@ -44,7 +44,7 @@ def check_encoder_name(name: object) -> str:
 def build_encoder(name: str, output_stride: int = 32, weights: str | os.PathLike | None = None) -> nn.Module:
     """Build an smp encoder returning a list of feature maps (strides 1, 2, 4, 8, 16, 32 capped at ``output_stride``).
 
-    ``weights`` is None (random init) or a local state-dict file; nothing is downloaded.
+    ``weights``: None (random init), a local weights file or a tag smp/timm know (see models.pretrained).
     """
     check_encoder_name(name)
     if output_stride not in OUTPUT_STRIDES:
@@ -55,12 +55,5 @@ def build_encoder(name: str, output_stride: int = 32, weights: str | os.PathLike
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(f"encoder {name!r} cannot be built at model.output_stride={output_stride}: {msg}") from err
     if weights is not None:
-        path = os.fspath(weights)
-        if not os.path.isfile(path):
-            raise UserError(f"encoder weights file not found: {path}; give a local state-dict file or weights=null")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        missing, unexpected = encoder.load_state_dict(state, strict=False)
-        if len(missing) == len(encoder.state_dict()):
-            raise UserError(f"encoder weights {path} match none of {name}'s parameters")
+        load_pretrained(encoder, name, weights)
     return encoder

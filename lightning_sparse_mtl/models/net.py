@@ -11,6 +11,7 @@ from torch import nn
 
 from lightning_sparse_mtl.models.encoders import build_encoder
 from lightning_sparse_mtl.models.heads import DENSE_HEADS, PoolHead
+from lightning_sparse_mtl.models.pretrained import input_stats
 from lightning_sparse_mtl.mtl.tasks import TaskSpec
 
 
@@ -18,8 +19,11 @@ class MultiTaskNet(nn.Module):
     """``forward(image (B,3,H,W)) -> {task: prediction}``; dense outputs are upsampled to (H, W).
 
     Dense predictions are (B, C_task, H, W) after the task's activation (unit normals for ``normal``);
-    attribute predictions are logits (B, 1). ``head_output_layers()`` names the layers that produce
-    model outputs (never pruned).
+    attribute predictions are logits (B, 1). Images are in [0, 1]; with ``normalize`` (see
+    ``models.pretrained.input_stats``; the configs use ``auto``: on with pretrained weights) they are normalised
+    inside the model by the buffers ``input_mean``/``input_std`` (1, 3, 1, 1). The class default (no
+    normalisation) keeps checkpoints written before the option existed loadable. ``head_output_layers()``
+    names the layers that produce model outputs (never pruned).
     """
 
     def __init__(
@@ -31,10 +35,15 @@ class MultiTaskNet(nn.Module):
         head_channels: int = 64,
         head_overrides: Mapping[str, str] | None = None,
         weights: str | os.PathLike | None = None,
+        normalize: str | Mapping | None = None,
     ) -> None:
         super().__init__()
         self.tasks = {t.name: t for t in tasks}
         self.encoder = build_encoder(encoder, output_stride, weights)
+        stats = input_stats(encoder, weights, normalize)
+        if stats is not None:  # buffers, so checkpoints and exported models carry the normalisation
+            self.register_buffer("input_mean", torch.tensor(stats[0]).view(1, 3, 1, 1))
+            self.register_buffer("input_std", torch.tensor(stats[1]).view(1, 3, 1, 1))
         channels = self.encoder.out_channels
         overrides = dict(head_overrides or {})
         heads = {}
@@ -47,7 +56,7 @@ class MultiTaskNet(nn.Module):
         self.heads = nn.ModuleDict(heads)
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.encoder(image)
+        features = self.encoder(self.normalize_input(image))
         size = image.shape[-2:]
         out = {}
         for name, head in self.heads.items():
@@ -56,6 +65,12 @@ class MultiTaskNet(nn.Module):
                 y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
             out[name] = self.tasks[name].activation(y)
         return out
+
+    def normalize_input(self, image: torch.Tensor) -> torch.Tensor:
+        """``(image - mean) / std`` with the pretrained encoder's statistics; identity without normalisation."""
+        if hasattr(self, "input_mean"):
+            return (image - self.input_mean) / self.input_std
+        return image
 
     def head_output_layers(self) -> list[nn.Module]:
         """The final layer of every head (their out-channels are the model's outputs)."""

@@ -38,13 +38,15 @@ def is_pruned_file(obj: Any) -> bool:
 
 def load_module(path: str | os.PathLike):
     """A SparseMTLModule restored from a Lightning checkpoint of this project (weights, config, sparsity masks)."""
+    from lightning_sparse_mtl.models.pretrained import restoring
     from lightning_sparse_mtl.training.module import SparseMTLModule
 
     ckpt = _torch_load(path)
     cfg = ckpt.get("hyper_parameters", {}).get("cfg") if isinstance(ckpt, dict) else None
     if not isinstance(cfg, dict) or "state_dict" not in ckpt:
         raise UserError(f"{path} is not a lightning-sparse-mtl training checkpoint (no config inside)")
-    module = SparseMTLModule(cfg)
+    with restoring():  # the checkpoint holds the weights: do not re-read model.weights
+        module = SparseMTLModule(cfg)
     try:
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
@@ -156,12 +158,14 @@ def load_pruned(path: str | os.PathLike) -> dict:
 
 def load_any(path: str | os.PathLike):
     """A SparseMTLModule from a training checkpoint or a pruned model file (its net is then the compact one)."""
+    from lightning_sparse_mtl.models.pretrained import restoring
     from lightning_sparse_mtl.training.module import SparseMTLModule
 
     obj = _read(path)
     if is_pruned_file(obj):
         pruned = _pruned_from(obj, path)
-        module = SparseMTLModule(pruned["config"])
+        with restoring():
+            module = SparseMTLModule(pruned["config"])
         module.net = pruned["model"]
         return module.eval()
     return load_module(path)
