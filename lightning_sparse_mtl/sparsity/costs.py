@@ -24,7 +24,8 @@ from torch_pruning import ops
 from lightning_sparse_mtl.deploy.measure import _call
 from lightning_sparse_mtl.runs.errors import unknown_name
 from lightning_sparse_mtl.sparsity.groups import ConvGroup
-from lightning_sparse_mtl.sparsity.pruning import _group_keep_mask, _read_mask, build_graph
+from lightning_sparse_mtl.sparsity.channel_ops import read_mask
+from lightning_sparse_mtl.sparsity.pruning import _group_keep_mask, build_graph
 
 GROUP_WEIGHTS = ("sqrt_size", "macs")
 
@@ -171,7 +172,7 @@ class MacsMeter:
         cache: dict = {}  # the read masks of every layer, on the CPU (the plan indexes them with CPU tensors)
         for m in self.layers:
             for is_in in (True, False):
-                mask = _read_mask(m, is_in)
+                mask = read_mask(m, is_in)
                 cache[(m, is_in)] = None if mask is None else mask.cpu()
         for group, items in zip(self._groups, self._items):
             keep = _group_keep_mask(self.graph, group, self._output_nodes, cache)
