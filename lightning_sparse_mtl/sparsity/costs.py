@@ -23,8 +23,8 @@ from torch_pruning import ops
 
 from lightning_sparse_mtl.deploy.measure import _call
 from lightning_sparse_mtl.runs.errors import unknown_name
-from lightning_sparse_mtl.sparsity.groups import ConvGroup
 from lightning_sparse_mtl.sparsity.channel_ops import read_mask
+from lightning_sparse_mtl.sparsity.groups import ConvGroup
 from lightning_sparse_mtl.sparsity.pruning import _group_keep_mask, build_graph
 
 GROUP_WEIGHTS = ("sqrt_size", "macs")
