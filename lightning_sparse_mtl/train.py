@@ -100,6 +100,7 @@ def collect_results(cfg: DictConfig, module: SparseMTLModule, test_metrics: dict
         "git_commit": git_commit(),
         "run_dir": str(run_dir.resolve()),
         "sparsity": stats,
+        **module.target_results(),  # target (issue 15): final lambda, settings, lambda trajectory
         "config": plain_config(cfg),
     }
 

@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig
 from torch import nn
 
@@ -17,8 +18,10 @@ from lightning_sparse_mtl.models.net import MultiTaskNet
 from lightning_sparse_mtl.mtl.tasks import build_tasks
 from lightning_sparse_mtl.mtl.weighting import build_weighting
 from lightning_sparse_mtl.runs.configs import MODULE_KEYS, plain_config
-from lightning_sparse_mtl.runs.errors import NonFiniteLossError
+from lightning_sparse_mtl.runs.errors import NonFiniteLossError, unknown_name
 from lightning_sparse_mtl.sparsity.controller import GroupSparsity, validate_sparsity_weight
+from lightning_sparse_mtl.sparsity.costs import GROUP_WEIGHTS, MacsMeter, group_weights
+from lightning_sparse_mtl.sparsity.target import TargetSparsity, build_target, target_settings
 
 STAGES = ("val", "test")
 
@@ -49,10 +52,18 @@ class SparseMTLModule(L.LightningModule):
         self.weighting = build_weighting(weighting.pop("name"), self.task_names, cfg.get("task_weights"), **weighting)
         sp = dict(cfg.get("sparsity") or {})
         target = sp.pop("module", "encoder")
+        # target (issue 15): sparsity.target / target_macs adapt lambda; group_weight picks each group's weight
+        self.target_settings, note = target_settings(sp, self.sparsity_weight, sp.get("prox", "adam"))
+        if note:
+            rank_zero_warn(note)
+        self.group_weight_kind = sp.pop("group_weight", "sqrt_size") or "sqrt_size"
+        if self.group_weight_kind not in GROUP_WEIGHTS:
+            raise unknown_name("sparsity.group_weight", self.group_weight_kind, GROUP_WEIGHTS)
+        start = self.target_settings["initial"] if self.target_settings else self.sparsity_weight
         # the whole method runs inside optimizer.step(): attached in configure_optimizers
-        self.sparsity = GroupSparsity.from_module(
-            self.net.get_submodule(target), self.sparsity_weight, prefix=f"net.{target}.", **sp
-        )
+        self.sparsity = GroupSparsity.from_module(self.net.get_submodule(target), start, prefix=f"net.{target}.", **sp)
+        self.target: TargetSparsity | None = None  # built at fit start (needs steps per epoch and the resolution)
+        self._target_state: dict | None = None  # from a checkpoint, applied when the controller is built
         self.metrics = nn.ModuleDict(
             {s: nn.ModuleDict({t: spec.make_metric() for t, spec in self.net.tasks.items()}) for s in STAGES}
         )
@@ -79,6 +90,8 @@ class SparseMTLModule(L.LightningModule):
         bs = batch["image"].shape[0]
         if self.sparsity.penalty_grad and self.sparsity.active:
             self.log("train/sparsity_penalty", self.sparsity.last_penalty, batch_size=bs)  # of the last step
+        # lambda in effect at this step (target, issue 15: adapted every step)
+        self.log("sparsity/lambda", self.sparsity.lambda_at(self.current_epoch), on_step=True, on_epoch=False)
         self.log_dict({f"train/{t}/loss": v.detach() for t, v in losses.items()}, batch_size=bs)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
         for t, v in losses.items():
@@ -91,6 +104,8 @@ class SparseMTLModule(L.LightningModule):
 
     def on_fit_end(self) -> None:
         self.sparsity.detach()
+        if self.target is not None:
+            self.target.detach()
 
     def on_train_epoch_end(self) -> None:
         if self._loss_count:
@@ -137,8 +152,48 @@ class SparseMTLModule(L.LightningModule):
             "lr_scheduler": {"scheduler": instantiate(sched, optimizer=optimizer), "interval": interval},
         }
 
+    def on_fit_start(self) -> None:
+        """Group weights (``sparsity.group_weight``) and the target controller, attached after the prox hook."""
+        if self.group_weight_kind != "sqrt_size" or self.target_settings:
+            from lightning_sparse_mtl.deploy.compact import input_size_of
+
+            example = torch.rand(1, 3, *input_size_of(self.cfg), device=self.device)
+        if self.group_weight_kind != "sqrt_size":
+            weights = group_weights(self.group_weight_kind, self.sparsity.groups, self.net, example)
+            for i, (g, w) in enumerate(zip(self.sparsity.groups, weights)):
+                self.sparsity.set_group_weight(i, torch.full((g.num_groups,), w))
+        if not self.target_settings:
+            return
+        trainer = self.trainer
+        max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
+        steps_per_epoch = trainer.estimated_stepping_batches / max_epochs
+        self.target = build_target(
+            self.sparsity,
+            self.target_settings,
+            steps_per_epoch,
+            max_epochs,
+            int(self.sparsity.warmup_epochs),
+            macs_meter=lambda: MacsMeter(self.net, example, self.net.head_output_layers()),
+        )
+        if self._target_state is not None:
+            self.target.load_state_dict(self._target_state)
+        for opt in trainer.optimizers:
+            self.target.attach(opt)
+
+    def target_results(self) -> dict[str, Any]:
+        """results.json entries of the target controller (empty without a target)."""
+        if self.target is None:
+            return {}
+        return {
+            "sparsity/final_lambda": self.sparsity.sparsity_weight,
+            "sparsity/target": {**self.target_settings, "capped_layers": list(self.target.capped)},
+            "lambda_trajectory": self.target.trajectory,  # [optimizer step, lambda for the next step, measured]
+        }
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the RNG states, so a resumed run draws the same random numbers as an uninterrupted one."""
+        if self.target is not None:
+            checkpoint["sparsity_target"] = self.target.state_dict()
         name, keys, pos, has_gauss, cached = np.random.get_state()
         checkpoint["rng_states"] = {  # plain types and tensors only: loads with torch.load(weights_only=True)
             "torch": torch.get_rng_state(),
@@ -147,6 +202,7 @@ class SparseMTLModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._target_state = checkpoint.get("sparsity_target")
         states = checkpoint.get("rng_states")
         if states:
             torch.set_rng_state(states["torch"])
