@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers.references import reference_adam_prox
 from torch import nn
 
 from lightning_sparse_mtl.runs.errors import UserError
@@ -40,21 +41,6 @@ def test_plain_prox_closed_form() -> None:
     assert torch.equal(w[:, 0], expected0)
     assert torch.count_nonzero(w[:, 1:]) == 0
     assert norms.tolist() == pytest.approx([3.0, 0.0, 0.0])
-
-
-def reference_adam_prox(z: torch.Tensor, d: torch.Tensor, tau: float) -> torch.Tensor:
-    """One group in float64: x = argmin 1/2 (x-z)^T D (x-z) + tau ||x||, radius by bisection."""
-    z, d = z.double().flatten(), d.double().flatten()
-    if torch.linalg.vector_norm(d * z) <= tau:
-        return torch.zeros_like(z)
-    lo, hi = 0.0, float(torch.linalg.vector_norm(z))
-    for _ in range(200):
-        r = (lo + hi) / 2
-        if float(((d * z) / (d * r + tau)).square().sum()) > 1:
-            lo = r
-        else:
-            hi = r
-    return d * z * r / (d * r + tau)
 
 
 def test_adam_prox_matches_reference_and_optimality() -> None:

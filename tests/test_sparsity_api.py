@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.references import reference_adam_prox
 from torch import nn
 
 from lightning_sparse_mtl.runs.errors import UserError
@@ -30,18 +31,6 @@ def batches(n: int, dtype: torch.dtype = torch.float32, seed: int = 1) -> list[t
 
 def loss_fn(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return (model(x) - 0.3).square().mean()
-
-
-def reference_adam_prox(z: torch.Tensor, d: torch.Tensor, tau: float) -> torch.Tensor:
-    """Independent float64 solution, one group: argmin_x 1/2 (x-z)^T D (x-z) + tau ||x||, by bisection on r."""
-    z, d = z.double().flatten(), d.double().flatten()
-    if torch.linalg.vector_norm(d * z) <= tau:
-        return torch.zeros_like(z)
-    lo, hi = 0.0, float(torch.linalg.vector_norm(z))
-    for _ in range(200):
-        r = (lo + hi) / 2
-        lo, hi = (r, hi) if float(((d * z) / (d * r + tau)).square().sum()) > 1 else (lo, r)
-    return d * z * r / (d * r + tau)
 
 
 def reference_layer(z: torch.Tensor, d: torch.Tensor, tau: float) -> torch.Tensor:
