@@ -171,19 +171,22 @@ def sparsity_keys() -> list[str]:
     import inspect
 
     from lightning_sparse_mtl.sparsity.controller import GroupSparsity
+    from lightning_sparse_mtl.sparsity.target import TARGET_KEYS
 
     names = set(inspect.signature(GroupSparsity.__init__).parameters) | set(
         inspect.signature(GroupSparsity.from_module).parameters
     )
-    return sorted((names - {"self", "cls", "groups", "sparsity_weight", "kwargs", "prefix"}) | {"module"})
+    return sorted((names - {"self", "cls", "groups", "sparsity_weight", "kwargs", "prefix"}) | {"module", *TARGET_KEYS})
 
 
 def check_sparsity(sp: Mapping, lam: float, opt_cls: type) -> None:
     from lightning_sparse_mtl.sparsity import controller
+    from lightning_sparse_mtl.sparsity.target import target_settings
 
     unknown_keys("sparsity", sp, sparsity_keys())
     prox = sp.get("prox", "adam")
     controller.PROX.get(prox)
+    target_settings(dict(sp), lam, prox)  # target / target_macs / lambda conflicts, before any work
     check_choice("sparsity.schedule", sp.get("schedule", "constant"), controller.SCHEDULES)
     if hasattr(controller, "GROUP_WEIGHTS"):
         check_choice("sparsity.group_weight", sp.get("group_weight", "sqrt_size"), sorted(controller.GROUP_WEIGHTS))
