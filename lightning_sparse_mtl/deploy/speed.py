@@ -9,14 +9,17 @@ Runtimes: ``eager`` (PyTorch, CPU), ``onnxruntime`` (CPU; needs the ``.onnx`` fi
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.utils import benchmark
+
+if TYPE_CHECKING:
+    from torch.utils import benchmark
 
 Runner = Callable[[torch.Tensor], Callable[[], Any]]  # batch -> zero-argument call that runs one forward
 
@@ -25,6 +28,9 @@ def time_interleaved(
     calls: Mapping[str, Callable[[], Any]], threads: int, rounds: int = 5, min_run_time: float = 0.2, warmup: int = 2
 ) -> dict[str, benchmark.Measurement]:
     """``{name: Measurement}`` for zero-argument ``calls``, timed alternately in ``rounds`` rounds."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime is found" noise
+    from torch.utils import benchmark  # imported here, not at module level: it pulls in cpp_extension
+
     for fn in calls.values():
         for _ in range(warmup):
             fn()

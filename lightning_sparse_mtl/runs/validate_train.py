@@ -116,7 +116,12 @@ def check_model(cfg: Any, specs: list) -> None:
                 DENSE_HEADS.get(head)
             except UserError as err:
                 raise UserError(f"model.head_overrides.{task}: {err}") from None
-    check_optional_file("model.weights", model.get("weights"))
+    weights = model.get("weights")
+    if weights is not None:
+        from lightning_sparse_mtl.models.pretrained import is_tag
+
+        if not (isinstance(weights, str) and is_tag(weights)):  # tags (imagenet, ...) are checked when loading
+            check_optional_file("model.weights", weights)
 
 
 def check_weighting(node: Any) -> None:
