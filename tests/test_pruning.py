@@ -282,8 +282,8 @@ def test_failed_verification_raises(monkeypatch):
     x = torch.randn(1, 3, SIZE, SIZE)
     real_plan = pruning._plan
 
-    def wrong_plan(graph, ignored_layers):  # remove channels that ARE read: outputs must change
-        assert real_plan(graph, ignored_layers) == []
+    def wrong_plan(graph, ignored_layers, *args, **kwargs):  # remove channels that ARE read: outputs must change
+        assert real_plan(graph, ignored_layers, *args, **kwargs) == []
         conv = model.encoder.layer1[0].conv1
         return [(conv, "encoder.layer1.0.conv1", graph.get_pruner_of_module(conv).prune_out_channels, [0, 1, 2])]
 

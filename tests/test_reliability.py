@@ -258,3 +258,26 @@ def test_nan_task_weight_is_named_not_blamed_on_targets(train_cfg) -> None:
     with pytest.raises(UserError, match="task_weights.depth must be a finite number >= 0, got nan") as err:
         train(train_cfg(*SHORT, "task_weights={depth: nan}"))
     assert "target" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "env, secondary",
+    [
+        ({}, False),
+        ({"LOCAL_RANK": "1"}, True),
+        ({"RANK": "0", "LOCAL_RANK": "0"}, False),
+        ({"SLURM_PROCID": "3"}, True),
+    ],
+)
+def test_only_rank_zero_claims_the_run_dir(tmp_path, monkeypatch, env, secondary) -> None:
+    """Lightning's DDP launcher re-runs train for every rank: only global rank 0 checks and claims the run dir."""
+    from lightning_sparse_mtl.runs import run_dir as rd
+
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    assert rd.is_secondary_rank() is secondary
+    rd.guard_run_dir(tmp_path, None)
+    assert rd.holds(tmp_path) is not secondary
+    rd.release_run_dir(tmp_path)

@@ -84,8 +84,20 @@ def holds(run_dir: str | os.PathLike) -> bool:
     return Path(run_dir).resolve() in _HELD
 
 
+def is_secondary_rank() -> bool:
+    """True in a DDP process other than global rank 0 (Lightning's launcher re-runs the command for each rank;
+    torchrun / SLURM set RANK / SLURM_PROCID): rank 0 checks and claims the run dir for all of them."""
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        value = os.environ.get(var)
+        if value is not None:
+            return value.strip() not in ("", "0")
+    return False
+
+
 def guard_run_dir(run_dir: str | os.PathLike, ckpt_path: str | None) -> Path:
-    """Check, claim, check again (another process may have finished it meanwhile)."""
+    """Check, claim, check again (another process may have finished it meanwhile). Secondary DDP ranks skip it."""
+    if is_secondary_rank():
+        return Path(run_dir)
     check_run_dir(run_dir, ckpt_path)
     already = holds(run_dir)
     path = claim_run_dir(run_dir)
