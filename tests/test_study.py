@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 from helpers.runs import ROOT, assert_pdf, assert_png
+from hydra import compose, initialize_config_dir
 
 from lightning_sparse_mtl.reporting.channel_usage import jaccard, kept_channels, overlap_table, plot_overlap
+from lightning_sparse_mtl.runs.configs import CONFIG_DIR
 
 
 def load_study():
@@ -27,7 +29,9 @@ def test_study_jobs_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     todo = study.jobs(list(study.TASKS), [0, 1, 2], "1e-05")
     assert len(todo) == 4 * 2 * 3 and len({name for name, _ in todo}) == 24
     assert ("mtl_sparse_s2", ["tasks=[seg,depth,normal]", "lambda=1e-05", "seed=2"]) in todo
-    assert study.preset_lambda() == "1e-05"  # the digits_sparse recipe's λ
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        recipe = compose("train", overrides=["experiment=digits_sparse"])["lambda"]
+    assert study.preset_lambda() == f"{recipe:g}"  # the digits_sparse recipe's λ
     done = tmp_path / "done"
     done.mkdir()
     (done / "results.json").write_text("{}")

@@ -193,8 +193,9 @@ def check_sparsity(sp: Mapping, lam: float, opt_cls: type) -> None:
     controller.PROX.get(prox)
     target_settings(dict(sp), lam, prox)  # target / target_macs / lambda conflicts, before any work
     check_choice("sparsity.schedule", sp.get("schedule", "constant"), controller.SCHEDULES)
-    if hasattr(controller, "GROUP_WEIGHTS"):
-        check_choice("sparsity.group_weight", sp.get("group_weight", "sqrt_size"), sorted(controller.GROUP_WEIGHTS))
+    from lightning_sparse_mtl.sparsity.costs import GROUP_WEIGHTS
+
+    check_choice("sparsity.group_weight", sp.get("group_weight", "sqrt_size"), sorted(GROUP_WEIGHTS))
     for key in ("penalty_grad", "revive", "exclude_image_conv"):
         if key in sp:
             check_bool(f"sparsity.{key}", sp[key])
