@@ -220,11 +220,18 @@ def test_prune_output_elsewhere_leaves_the_run_untouched_and_figures_do_not_pile
             w[:, : w.shape[1] // 2] = 0
     torch.save(ckpt, ckpt_path)
     before = snapshot(run_dir)
-    figures = prune_checkpoint(str(ckpt_path), str(tmp_path / "elsewhere" / "p.pt"), batch_sizes=[1], repeats=1)
+    figures = prune_checkpoint(
+        str(ckpt_path),
+        str(tmp_path / "elsewhere" / "p.pt"),
+        batch_sizes=[1],
+        repeats=1,
+        export=False,
+        min_run_time=0.01,
+    )
     assert figures and (tmp_path / "elsewhere" / "p.pt").is_file()
     assert snapshot(run_dir) == before  # source results.json not rewritten, no pruned.pt there
-    prune_checkpoint(str(ckpt_path), batch_sizes=[1, 2], repeats=1)
-    prune_checkpoint(str(ckpt_path), batch_sizes=[1], repeats=1)
+    prune_checkpoint(str(ckpt_path), batch_sizes=[1, 2], repeats=1, export=False, min_run_time=0.01)
+    prune_checkpoint(str(ckpt_path), batch_sizes=[1], repeats=1, export=False, min_run_time=0.01)
     results = json.loads((run_dir / "results.json").read_text())
     assert "pruned/latency_b1_ms" in results and "pruned/latency_b2_ms" not in results  # only the latest prune
 
