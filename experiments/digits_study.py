@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[{i + 1}/{len(todo)}] {name}: {status}", flush=True)
         if wall is not None:
             ran += 1
+            if log_path.is_file():  # another instance (other --tasks) may have written meanwhile
+                log["jobs"] = {**json.loads(log_path.read_text())["jobs"], **log["jobs"]}
             log["jobs"][name] = {"overrides": overrides, "wall_s": wall}
             log_path.write_text(json.dumps(log, indent=2))
     if not runs_dir.is_dir():

@@ -52,7 +52,7 @@ def snapshot_before_prox(opt: torch.optim.Optimizer, weights: list[torch.Tensor]
 
 
 @pytest.mark.parametrize("amsgrad", [False, True])
-@pytest.mark.parametrize("warm_iters", [2, 4])
+@pytest.mark.parametrize("warm_iters", [1, 3])
 def test_bare_loop_matches_independent_float64_adam_prox(amsgrad: bool, warm_iters: int) -> None:
     model = net(torch.float64)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-2, betas=(0.9, 0.99), eps=1e-8, amsgrad=amsgrad)
@@ -72,9 +72,8 @@ def test_bare_loop_matches_independent_float64_adam_prox(amsgrad: bool, warm_ite
                 [reference_adam_prox(z[:, c], d[:, c], tau).view_as(z[:, c]) for c in range(z.shape[1])], 1
             )
             assert torch.equal(g.weight == 0, ref == 0), g.name  # the same exact zeros
-            # two warm-started Newton iterations per step (the default) are quadratically close, four exact
-            tol = dict(rtol=1e-4, atol=5e-5) if warm_iters == 2 else dict(rtol=1e-7, atol=1e-8)
-            assert torch.allclose(g.weight, ref, **tol), (g.name, (g.weight - ref).abs().max())
+            # Halley passes until converged: one warm pass (the default) is as exact as three (atol: tau_c is float32)
+            assert torch.allclose(g.weight, ref, rtol=1e-7, atol=1e-8), (g.name, (g.weight - ref).abs().max())
     assert 0 < sum(int(gs.frozen(i).sum()) for i in range(len(gs.groups))) < sum(g.num_groups for g in gs.groups)
 
 

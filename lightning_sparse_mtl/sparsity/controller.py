@@ -65,7 +65,8 @@ class GroupSparsity(nn.Module):
     prox: "adam" (Adam-weighted, needs Adam/AdamW), "plain" soft-threshold, or "none" (penalty gradient only).
     penalty_grad: also add lambda * dOmega/dW to the gradients before the step (``penalty_in_loss``: old name).
     warmup_epochs: dense epochs first; schedule "linear" ramps lambda over ramp_epochs (reads ``self.epoch``).
-    newton_iters / warm_iters: Newton iterations of the Adam prox without / with a warm start.
+    newton_iters / warm_iters: least Halley passes of the Adam prox without / with a warm start (more run until
+    converged).
     revive: zero groups may grow back when the gradient beats the threshold (default: frozen at exact zero).
     group_weight: "sqrt_size" -> w_c = sqrt(p_g); ``self.group_weights[i]`` (I,) may be replaced.
     compile: True fuses the warm-started Adam prox with ``torch.compile`` (eager fallback where it cannot);
@@ -82,8 +83,8 @@ class GroupSparsity(nn.Module):
         warmup_epochs: int = 0,
         schedule: str = "constant",
         ramp_epochs: int = 0,
-        newton_iters: int = 3,
-        warm_iters: int = 2,
+        newton_iters: int = 1,
+        warm_iters: int = 1,
         group_weight: str = "sqrt_size",
         compile: bool | str = False,
         penalty_in_loss: bool | None = None,

@@ -9,10 +9,11 @@ Plain:  W[:, c] <- W[:, c] * max(0, 1 - tau / ||W[:, c]||).
 Adam-weighted (Deleu & Bengio 2021, arXiv 2102.03869), the prox in Adam's metric D = sqrt(v_hat) + eps:
     x = argmin_x 1/2 (x - z)^T D (x - z) + tau ||x||   per group, i.e.
     x = 0 if ||D z|| <= tau, else x_i = D_i z_i r / (D_i r + tau) with r = ||x|| the root of
-    f(r) = sum_i (D_i z_i / (D_i r + tau))^2 = 1, found by Newton on q(r) = f(r)^(-1/2) - 1 (exact in one step
-    when D is constant over the group), all groups of a layer at once.
+    f(r) = sum_i (D_i z_i / (D_i r + tau))^2 = 1, found by Halley steps on q(r) = f(r)^(-1/2) - 1 (concave;
+    exact in one step when D is constant over the group), all groups of a layer at once, warm-started from the
+    previous step's norms: one fused pass over (z, v) for the root, one for the update.
 Each operator returns the (I,) group norms of the weight *after* the step (the cache for the next penalty
-gradient and the Newton warm start).
+gradient and the warm start).
 """
 
 from __future__ import annotations
@@ -63,78 +64,97 @@ def soft_threshold_(
     return norms * scale
 
 
-def _newton(u: torch.Tensor, d: torch.Tensor, tau: torch.Tensor, alive: torch.Tensor, r: torch.Tensor, iters: int):
-    """``iters`` Newton steps on q(r) = f(r)^(-1/2) - 1 for every group (u = D z); dead groups get r = 0."""
-    dims = group_dims(u)
-    for _ in range(iters):
-        a = torch.addcmul(per_group(tau, u), d, per_group(r, u))  # D r + tau
-        t = u / a
-        f = t.square_().sum(dims)
-        df = -2.0 * t.mul_(d).div_(a).sum(dims)  # f'(r)
-        q = f.rsqrt() - 1.0
-        dq = -0.5 * f.pow(-1.5) * df
-        r = torch.where(alive, (r - q / dq).clamp_min(0.0), torch.zeros_like(r))
-    return r
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """(O, I, ...) -> (O, I, K): group reductions become ``.sum(0).sum(1)``."""
+    return t.reshape(t.shape[0], t.shape[1], -1)
 
 
-def _alive(u: torch.Tensor, tau: torch.Tensor, frozen: torch.Tensor) -> torch.Tensor:
-    return (torch.linalg.vector_norm(u, dim=group_dims(u)) > tau) & ~frozen
+def _group_sum(t: torch.Tensor) -> torch.Tensor:
+    """(O, I, K) -> (I,). Summing over O first runs along contiguous memory (I * K wide) and vectorises;
+    measured ~3x faster under ``torch.compile`` than one reduction over (0, 2) (16-wide vectors over K = 9)."""
+    return t.sum(0).sum(1)
 
 
-def _update(u: torch.Tensor, d: torch.Tensor, tau: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x = D z r / (D r + tau) (exact zeros where r = 0) and its (I,) group norms."""
-    rr = per_group(r, u)
-    x = (u * rr).div_(torch.addcmul(per_group(tau, u), d, rr))
-    return x, torch.linalg.vector_norm(x, dim=group_dims(u))
+def _halley_pass(z, v, inv_bc2, eps, tau, r):
+    """One pass over z, v (O, I, K): D = sqrt(v / bc2) + eps, u = D z, and per group (I,) a Halley step on
+    q(r) = f(r)^(-1/2) - 1 from ``r`` (f, f', f'' in the same pass), plus ||u||^2 (the zero test).
 
-
-def _metric(v: torch.Tensor, inv_bc2: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    return (v * inv_bc2).sqrt_().add_(eps)
-
-
-def _solve_step(z, v, inv_bc2, eps, tau, frozen, r, iters: int):
-    """Warm-started Newton steps and the update, in one function (what ``torch.compile`` fuses)."""
-    d = _metric(v, inv_bc2, eps)
+    With t = u / (D r + tau), s = D / (D r + tau): f = sum t^2, f' = -2 sum t^2 s, f'' = 6 sum t^2 s^2, so
+    q' = g^3 F1 and q'' = 3 g^3 (g^2 F1^2 - F2) <= 0 (Cauchy-Schwarz: q is concave, linear when D is constant
+    over the group, where one step is exact). The Halley factor is kept within [2/3, 2] of the Newton step."""
+    d = (v * inv_bc2).sqrt() + eps
     u = d * z
-    alive = _alive(u, tau, frozen)
-    r = _newton(u, d, tau, alive, r, iters)
-    x, norms = _update(u, d, tau, r)
-    return x, norms, r, alive
+    ia = 1.0 / torch.addcmul(tau.view(1, -1, 1), d, r.view(1, -1, 1))
+    t2 = (u * ia).square()
+    sa = d * ia
+    t2s = t2 * sa
+    f0, f1, f2, n2 = _group_sum(t2), _group_sum(t2s), _group_sum(t2s * sa), _group_sum(u.square())
+    g = f0.rsqrt()
+    q, dq = g - 1.0, g.pow(3) * f1
+    ddq = 3.0 * g.pow(3) * (g.square() * f1.square() - f2)
+    newton = q / dq
+    ratio = (q * ddq / dq.square()).clamp(-1.0, 1.0)  # Halley = Newton / (1 - ratio / 2)
+    return (r - newton / (1.0 - 0.5 * ratio)).clamp_min(0.0), n2
+
+
+def _final_update(z, v, inv_bc2, eps, tau, r):
+    """x = D z r / (D r + tau) (O, I, K) (exact zeros where r = 0) and its (I,) group norms."""
+    d = (v * inv_bc2).sqrt() + eps
+    rr = r.view(1, -1, 1)
+    x = d * z * rr / torch.addcmul(tau.view(1, -1, 1), d, rr)
+    return x, _group_sum(x.square()).sqrt()
 
 
 _COMPILED: dict[str, Callable | None] = {}
 
 
 def _compile_config():
-    """No duck sizing (a layer with O == I must not tie the two sizes and recompile for the next layer) and
-    room for the few graphs a network needs (ranks, 1x1 vs kxk)."""
+    """No duck sizing (a layer with O == I must not tie the two sizes and recompile for the next layer),
+    room for the few graphs a network needs (ranks, 1x1 vs kxk), and fusion over materialisation."""
+    from contextlib import ExitStack
+
     import torch._dynamo
+    import torch._inductor.config as inductor_config
     import torch.fx.experimental._config as fx_config
 
-    patch_fx = fx_config.patch(use_duck_shape=False)
-    patch_dynamo = torch._dynamo.config.patch(recompile_limit=32)
-
-    class _Both:
-        def __enter__(self):
-            patch_fx.__enter__()
-            patch_dynamo.__enter__()
-
-        def __exit__(self, *exc):
-            patch_dynamo.__exit__(*exc)
-            patch_fx.__exit__(*exc)
-
-    return _Both()
+    stack = ExitStack()
+    stack.enter_context(fx_config.patch(use_duck_shape=False))
+    stack.enter_context(torch._dynamo.config.patch(recompile_limit=32))
+    # recompute the cheap per-element terms inside each reduction instead of storing them (measured 1.4x faster)
+    stack.enter_context(inductor_config.patch(realize_reads_threshold=100, realize_opcount_threshold=1000))
+    return stack
 
 
-def _compiled_solve_step() -> Callable | None:
-    """``torch.compile(_solve_step)`` (dynamic shapes), or None where compiling is not possible."""
-    if "step" not in _COMPILED:
+def _kernels(compile: bool) -> tuple[Callable, Callable]:
+    """(pass, update): ``torch.compile``d (dynamic shapes; one fused loop each) or eager where not possible."""
+    if not compile:
+        return _halley_pass, _final_update
+    if "pass" not in _COMPILED:
         try:
-            _COMPILED["step"] = torch.compile(_solve_step, dynamic=True)
+            _COMPILED["pass"] = torch.compile(_halley_pass, dynamic=True)
+            _COMPILED["update"] = torch.compile(_final_update, dynamic=True)
         except Exception as err:  # pragma: no cover - depends on the platform
-            warnings.warn(f"torch.compile of the Adam prox is unavailable ({err}); running it eagerly", stacklevel=2)
-            _COMPILED["step"] = None
-    return _COMPILED["step"]
+            warnings.warn(f"torch.compile of the Adam prox is unavailable ({err}); running it eagerly", stacklevel=3)
+            _COMPILED["pass"] = None
+    if _COMPILED["pass"] is None:
+        return _halley_pass, _final_update
+    return _COMPILED["pass"], _COMPILED["update"]
+
+
+def _solve(kernels, z, v, inv_bc2, eps, tau, frozen, r, min_passes: int, rtol: float):
+    """Halley passes until every live group's step is <= rtol * r (at least ``min_passes``, at most 50)."""
+    step, _ = kernels
+    alive = None
+    for i in range(50):
+        r_next, n2 = step(z, v, inv_bc2, eps, tau, r)
+        if alive is None:
+            alive = (n2 > tau.square()) & ~frozen
+        r_next = torch.where(alive, r_next, torch.zeros_like(r_next))
+        done = ((r_next - r).abs() <= rtol * r_next) & (r_next > 0) | ~alive
+        r = r_next
+        if i + 1 >= min_passes and bool(done.all()):
+            break
+    return r
 
 
 @torch.no_grad()
@@ -143,7 +163,7 @@ def adam_soft_threshold_(
     v: torch.Tensor,
     tau: float | torch.Tensor,
     frozen: torch.Tensor | None = None,
-    iters: int = 3,
+    iters: int = 1,
     radius: torch.Tensor | None = None,
     bias_correction2: float = 1.0,
     eps: float = 0.0,
@@ -153,51 +173,33 @@ def adam_soft_threshold_(
 
     ``v`` (O, I, ...): Adam's (max) second moment; the metric is D = sqrt(v / bias_correction2) + eps > 0
     (pass ``v = D**2, eps = 0`` to give D directly). ``tau``: a float or an (I,) tensor.
-    ``radius`` (I,) warm-starts Newton (e.g. the previous step's group norms): q is concave and increasing,
-    so every Newton iterate after the first lies left of the root and converges monotonically
-    (quadratically); groups whose iterate is still <= 0 get extra iterations, so no live group is zeroed
-    by the solver. Without ``radius`` (cold start) Newton runs to convergence. With a warm start the solve
-    and the update run as one compiled function when ``compile`` (eager fallback).
-    Returns the (I,) group norms after the step (exactly 0 for zeroed groups).
+    ``radius`` (I,) warm-starts the root search (e.g. the previous step's group norms; default 0, a cold
+    start). Each pass reads z and v once and takes a Halley step (cubic convergence) on every group; passes
+    repeat (at least ``iters``, at most 50) until every live group's step is below 1e-3 of its radius (1e-8 in
+    float64), after which the remaining error is far below float rounding. A warm start needs one pass on
+    almost every training step; the update is a second pass. ``compile``: both passes as fused
+    ``torch.compile`` kernels (eager fallback). Returns the (I,) group norms after the step (0 for zeroed groups).
     """
     dt = compute_dtype(weight)
-    z, v = weight.to(dt), v.to(dt)
+    z, v = _flat(weight.to(dt)), _flat(v.to(dt))
     frozen = torch.zeros(weight.shape[1], dtype=torch.bool, device=weight.device) if frozen is None else frozen
     scalar = dict(dtype=dt, device=weight.device)
     inv_bc2, eps_t = (torch.tensor(x, **scalar) for x in (1.0 / bias_correction2, eps))
-    tau_t = torch.as_tensor(tau, **scalar).expand(weight.shape[1])
+    tau_t = torch.as_tensor(tau, **scalar).expand(weight.shape[1]).contiguous()
     r0 = torch.zeros(weight.shape[1], **scalar) if radius is None else radius.to(dt)
-    fn = _compiled_solve_step() if compile and radius is not None else None
-    if fn is not None:
-        try:
-            with _compile_config():
-                x, norms, r, alive = fn(z, v, inv_bc2, eps_t, tau_t, frozen, r0, iters)
-        except Exception as err:  # pragma: no cover - compiler missing at run time
-            warnings.warn(f"torch.compile of the Adam prox failed ({err}); running it eagerly", stacklevel=2)
-            _COMPILED["step"] = fn = None
-    if fn is None:
-        d = _metric(v, inv_bc2, eps_t)
-        u = d * z
-        alive = _alive(u, tau_t, frozen)
-        r = _newton(u, d, tau_t, alive, r0, iters)
-        x = None
-        if radius is None:  # cold start (once per layer): iterate to convergence
-            tol = 1e-12 if dt == torch.float64 else 1e-6
-            for _ in range(50):
-                r_next = _newton(u, d, tau_t, alive, r, 1)
-                done = bool(((r_next - r).abs() <= tol * r_next.abs().clamp_min(1e-30)).all())
-                r = r_next
-                if done:
-                    break
-    for _ in range(8):  # safeguard (rare): a live group whose iterate is still at 0
-        if not bool((alive & (r <= 0)).any()):
-            break
-        if x is not None:  # came from the compiled path
-            d = _metric(v, inv_bc2, eps_t)
-            u = d * z
-        r = _newton(u, d, tau_t, alive, r, 1)
-        x = None
-    if x is None:
-        x, norms = _update(u, d, tau_t, r)
-    weight.copy_(x)
+    rtol = 1e-8 if dt == torch.float64 else 1e-3
+    kernels = _kernels(compile)
+    try:
+        with _compile_config():
+            r = _solve(kernels, z, v, inv_bc2, eps_t, tau_t, frozen, r0, iters, rtol)
+            x, norms = kernels[1](z, v, inv_bc2, eps_t, tau_t, r)
+    except Exception as err:
+        if kernels[0] is _halley_pass:
+            raise
+        warnings.warn(f"torch.compile of the Adam prox failed ({err}); running it eagerly", stacklevel=2)
+        _COMPILED["pass"] = None
+        kernels = _kernels(False)
+        r = _solve(kernels, z, v, inv_bc2, eps_t, tau_t, frozen, r0, iters, rtol)
+        x, norms = kernels[1](z, v, inv_bc2, eps_t, tau_t, r)
+    weight.copy_(x.view_as(weight))
     return norms if dt == weight.dtype else channel_norms(weight)
