@@ -75,20 +75,24 @@ def _group_sum(t: torch.Tensor) -> torch.Tensor:
     return t.sum(0).sum(1)
 
 
-def _halley_pass(z, v, inv_bc2, eps, tau, r):
-    """One pass over z, v (O, I, K): D = sqrt(v / bc2) + eps, u = D z, and per group (I,) a Halley step on
-    q(r) = f(r)^(-1/2) - 1 from ``r`` (f, f', f'' in the same pass), plus ||u||^2 (the zero test).
+def _metric(z, v, inv_bc2, eps):
+    """(D, u = D z) for (O, I, K) z and v, D = sqrt(v / bc2) + eps."""
+    d = (v * inv_bc2).sqrt_().add_(eps)
+    return d, d * z
+
+
+def _halley_step(d, u, tau, r):
+    """A Halley step on q(r) = f(r)^(-1/2) - 1 for every group (I,) from ``r``, and ||u||^2 (the zero test),
+    in one pass over D and u (O, I, K).
 
     With t = u / (D r + tau), s = D / (D r + tau): f = sum t^2, f' = -2 sum t^2 s, f'' = 6 sum t^2 s^2, so
     q' = g^3 F1 and q'' = 3 g^3 (g^2 F1^2 - F2) <= 0 (Cauchy-Schwarz: q is concave, linear when D is constant
     over the group, where one step is exact). The Halley factor is kept within [2/3, 2] of the Newton step."""
-    d = (v * inv_bc2).sqrt() + eps
-    u = d * z
-    ia = 1.0 / torch.addcmul(tau.view(1, -1, 1), d, r.view(1, -1, 1))
-    t2 = (u * ia).square()
+    ia = torch.addcmul(tau.view(1, -1, 1), d, r.view(1, -1, 1)).reciprocal_()
+    t2 = (u * ia).square_()
     sa = d * ia
     t2s = t2 * sa
-    f0, f1, f2, n2 = _group_sum(t2), _group_sum(t2s), _group_sum(t2s * sa), _group_sum(u.square())
+    f0, f1, f2, n2 = _group_sum(t2), _group_sum(t2s), _group_sum(t2s.mul_(sa)), _group_sum(u.square())
     g = f0.rsqrt()
     q, dq = g - 1.0, g.pow(3) * f1
     ddq = 3.0 * g.pow(3) * (g.square() * f1.square() - f2)
@@ -97,12 +101,20 @@ def _halley_pass(z, v, inv_bc2, eps, tau, r):
     return (r - newton / (1.0 - 0.5 * ratio)).clamp_min(0.0), n2
 
 
-def _final_update(z, v, inv_bc2, eps, tau, r):
+def _update(d, u, tau, r):
     """x = D z r / (D r + tau) (O, I, K) (exact zeros where r = 0) and its (I,) group norms."""
-    d = (v * inv_bc2).sqrt() + eps
     rr = r.view(1, -1, 1)
-    x = d * z * rr / torch.addcmul(tau.view(1, -1, 1), d, rr)
+    x = (u * rr).div_(torch.addcmul(tau.view(1, -1, 1), d, rr))
     return x, _group_sum(x.square()).sqrt()
+
+
+def _fused_step(z, v, inv_bc2, eps, tau, r):
+    """``_halley_step`` reading z and v (what ``torch.compile`` fuses into one loop: D and u never stored)."""
+    return _halley_step(*_metric(z, v, inv_bc2, eps), tau, r)
+
+
+def _fused_update(z, v, inv_bc2, eps, tau, r):
+    return _update(*_metric(z, v, inv_bc2, eps), tau, r)
 
 
 _COMPILED: dict[str, Callable | None] = {}
@@ -125,30 +137,25 @@ def _compile_config():
     return stack
 
 
-def _kernels(compile: bool) -> tuple[Callable, Callable]:
-    """(pass, update): ``torch.compile``d (dynamic shapes; one fused loop each) or eager where not possible."""
-    if not compile:
-        return _halley_pass, _final_update
-    if "pass" not in _COMPILED:
+def _compiled() -> tuple[Callable, Callable] | None:
+    """``torch.compile``d (step, update) (dynamic shapes; one fused loop each), None where not possible."""
+    if "step" not in _COMPILED:
         try:
-            _COMPILED["pass"] = torch.compile(_halley_pass, dynamic=True)
-            _COMPILED["update"] = torch.compile(_final_update, dynamic=True)
+            _COMPILED["step"] = (torch.compile(_fused_step, dynamic=True), torch.compile(_fused_update, dynamic=True))
         except Exception as err:  # pragma: no cover - depends on the platform
             warnings.warn(f"torch.compile of the Adam prox is unavailable ({err}); running it eagerly", stacklevel=3)
-            _COMPILED["pass"] = None
-    if _COMPILED["pass"] is None:
-        return _halley_pass, _final_update
-    return _COMPILED["pass"], _COMPILED["update"]
+            _COMPILED["step"] = None
+    return _COMPILED["step"]
 
 
-def _solve(kernels, z, v, inv_bc2, eps, tau, frozen, r, min_passes: int, rtol: float):
-    """Halley passes until every live group's step is <= rtol * r (at least ``min_passes``, at most 50)."""
-    step, _ = kernels
+def _solve(step: Callable, alive_of: Callable, r, min_passes: int, rtol: float):
+    """Halley passes ``step(r) -> (r_next, ||u||^2)`` until every live group's step is <= rtol * r (at least
+    ``min_passes``, at most 50); ``alive_of(||u||^2)`` marks the groups that stay non-zero."""
     alive = None
     for i in range(50):
-        r_next, n2 = step(z, v, inv_bc2, eps, tau, r)
+        r_next, n2 = step(r)
         if alive is None:
-            alive = (n2 > tau.square()) & ~frozen
+            alive = alive_of(n2)
         r_next = torch.where(alive, r_next, torch.zeros_like(r_next))
         done = ((r_next - r).abs() <= rtol * r_next) & (r_next > 0) | ~alive
         r = r_next
@@ -188,18 +195,22 @@ def adam_soft_threshold_(
     tau_t = torch.as_tensor(tau, **scalar).expand(weight.shape[1]).contiguous()
     r0 = torch.zeros(weight.shape[1], **scalar) if radius is None else radius.to(dt)
     rtol = 1e-8 if dt == torch.float64 else 1e-3
-    kernels = _kernels(compile)
-    try:
-        with _compile_config():
-            r = _solve(kernels, z, v, inv_bc2, eps_t, tau_t, frozen, r0, iters, rtol)
-            x, norms = kernels[1](z, v, inv_bc2, eps_t, tau_t, r)
-    except Exception as err:
-        if kernels[0] is _halley_pass:
-            raise
-        warnings.warn(f"torch.compile of the Adam prox failed ({err}); running it eagerly", stacklevel=2)
-        _COMPILED["pass"] = None
-        kernels = _kernels(False)
-        r = _solve(kernels, z, v, inv_bc2, eps_t, tau_t, frozen, r0, iters, rtol)
-        x, norms = kernels[1](z, v, inv_bc2, eps_t, tau_t, r)
+
+    def alive_of(n2: torch.Tensor) -> torch.Tensor:
+        return (n2 > tau_t.square()) & ~frozen
+
+    fused = _compiled() if compile else None
+    if fused is not None:
+        try:
+            with _compile_config():
+                r = _solve(lambda r: fused[0](z, v, inv_bc2, eps_t, tau_t, r), alive_of, r0, iters, rtol)
+                x, norms = fused[1](z, v, inv_bc2, eps_t, tau_t, r)
+        except Exception as err:  # pragma: no cover - compiler missing at run time
+            warnings.warn(f"torch.compile of the Adam prox failed ({err}); running it eagerly", stacklevel=2)
+            _COMPILED["step"] = fused = None
+    if fused is None:  # eager: D and u computed once
+        d, u = _metric(z, v, inv_bc2, eps_t)
+        r = _solve(lambda r: _halley_step(d, u, tau_t, r), alive_of, r0, iters, rtol)
+        x, norms = _update(d, u, tau_t, r)
     weight.copy_(x.view_as(weight))
     return norms if dt == weight.dtype else channel_norms(weight)
