@@ -25,6 +25,7 @@ import math
 import re
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -33,7 +34,7 @@ from lightning_sparse_mtl.registry import Registry
 from lightning_sparse_mtl.runs.errors import NonFiniteLossError, UserError, unknown_name
 from lightning_sparse_mtl.sparsity.groups import ConvGroup, find_conv_groups
 from lightning_sparse_mtl.sparsity.penalty import add_penalty_grad_
-from lightning_sparse_mtl.sparsity.prox import adam_soft_threshold_, channel_norms, soft_threshold_
+from lightning_sparse_mtl.sparsity.prox import adam_soft_threshold_, channel_norms, compile_settings, soft_threshold_
 
 SCHEDULES = ("constant", "linear")
 GROUP_WEIGHTS = ("sqrt_size",)
@@ -289,6 +290,15 @@ class GroupSparsity(nn.Module):
         groups_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
         prox = PROX.get(self.prox)
         self._prox_calls += 1
+        with compile_settings() if self._compiling() else nullcontext():
+            self._prox_layers_(optimizer, lam, prox, groups_of)
+
+    def _compiling(self) -> bool:
+        return self.prox == "adam" and (
+            self.compile is True or (self.compile == "auto" and self._prox_calls > COMPILE_AFTER)
+        )
+
+    def _prox_layers_(self, optimizer: torch.optim.Optimizer, lam: float, prox: Callable, groups_of: dict) -> None:
         for i, g in enumerate(self.groups):
             w, frozen = g.weight, self.frozen(i)
             group = groups_of[id(w)]
@@ -334,7 +344,7 @@ def _prox_adam(gs: GroupSparsity, i: int, optimizer, group: dict, tau: torch.Ten
         warm,
         bc2,
         group["eps"],
-        compile=gs.compile is True or (gs.compile == "auto" and gs._prox_calls > COMPILE_AFTER),
+        compile=gs._compiling(),
     )
 
 

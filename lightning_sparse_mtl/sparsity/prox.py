@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from contextlib import ExitStack, contextmanager
 
 import torch
 
@@ -65,34 +66,41 @@ def soft_threshold_(
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
-    """(O, I, ...) -> (O, I, K): group reductions become ``.sum(0).sum(1)``."""
-    return t.reshape(t.shape[0], t.shape[1], -1)
+    """(O, I, ...) -> (O, I * K): a group is K consecutive columns, so every per-group sum becomes a sum over
+    rows along contiguous memory (vectorised and split across threads over the I * K columns), then over K.
+    Measured ~2x faster under ``torch.compile`` than reducing (O, I, K) over (0, 2) (16-wide vectors over K = 9)."""
+    return t.reshape(t.shape[0], -1)
 
 
-def _group_sum(t: torch.Tensor) -> torch.Tensor:
-    """(O, I, K) -> (I,). Summing over O first runs along contiguous memory (I * K wide) and vectorises;
-    measured ~3x faster under ``torch.compile`` than one reduction over (0, 2) (16-wide vectors over K = 9)."""
-    return t.sum(0).sum(1)
+def _columns(values: torch.Tensor, k: int) -> torch.Tensor:
+    """(I,) per-group values -> (I * K,) per-column values (broadcast against (O, I * K))."""
+    return values.repeat_interleave(k) if k > 1 else values
+
+
+def _group_sum(t: torch.Tensor, k: int) -> torch.Tensor:
+    """(O, I * K) -> (I,)."""
+    return t.sum(0).view(-1, k).sum(1)
 
 
 def _metric(z, v, inv_bc2, eps):
-    """(D, u = D z) for (O, I, K) z and v, D = sqrt(v / bc2) + eps."""
+    """(D, u = D z) for z and v (O, I * K), D = sqrt(v / bc2) + eps."""
     d = (v * inv_bc2).sqrt_().add_(eps)
     return d, d * z
 
 
-def _halley_step(d, u, tau, r):
+def _halley_step(d, u, tau, r, tau_c, r_c, k: int):
     """A Halley step on q(r) = f(r)^(-1/2) - 1 for every group (I,) from ``r``, and ||u||^2 (the zero test),
-    in one pass over D and u (O, I, K).
+    in one pass over D and u (O, I * K); ``tau_c``, ``r_c``: ``tau``, ``r`` per column.
 
     With t = u / (D r + tau), s = D / (D r + tau): f = sum t^2, f' = -2 sum t^2 s, f'' = 6 sum t^2 s^2, so
     q' = g^3 F1 and q'' = 3 g^3 (g^2 F1^2 - F2) <= 0 (Cauchy-Schwarz: q is concave, linear when D is constant
     over the group, where one step is exact). The Halley factor is kept within [2/3, 2] of the Newton step."""
-    ia = torch.addcmul(tau.view(1, -1, 1), d, r.view(1, -1, 1)).reciprocal_()
+    ia = torch.addcmul(tau_c, d, r_c).reciprocal_()
     t2 = (u * ia).square_()
     sa = d * ia
     t2s = t2 * sa
-    f0, f1, f2, n2 = _group_sum(t2), _group_sum(t2s), _group_sum(t2s.mul_(sa)), _group_sum(u.square())
+    f0, f1 = _group_sum(t2, k), _group_sum(t2s, k)
+    f2, n2 = _group_sum(t2s.mul_(sa), k), _group_sum(u.square(), k)
     g = f0.rsqrt()
     q, dq = g - 1.0, g.pow(3) * f1
     ddq = 3.0 * g.pow(3) * (g.square() * f1.square() - f2)
@@ -101,40 +109,49 @@ def _halley_step(d, u, tau, r):
     return (r - newton / (1.0 - 0.5 * ratio)).clamp_min(0.0), n2
 
 
-def _update(d, u, tau, r):
-    """x = D z r / (D r + tau) (O, I, K) (exact zeros where r = 0) and its (I,) group norms."""
-    rr = r.view(1, -1, 1)
-    x = (u * rr).div_(torch.addcmul(tau.view(1, -1, 1), d, rr))
-    return x, _group_sum(x.square()).sqrt()
+def _update(d, u, tau_c, r_c, k: int):
+    """x = D z r / (D r + tau) (O, I * K) (exact zeros where r = 0) and its (I,) group norms."""
+    x = (u * r_c).div_(torch.addcmul(tau_c, d, r_c))
+    return x, _group_sum(x.square(), k).sqrt()
 
 
-def _fused_step(z, v, inv_bc2, eps, tau, r):
+def _fused_step(z, v, inv_bc2, eps, tau, r, tau_c, r_c, k: int):
     """``_halley_step`` reading z and v (what ``torch.compile`` fuses into one loop: D and u never stored)."""
-    return _halley_step(*_metric(z, v, inv_bc2, eps), tau, r)
+    return _halley_step(*_metric(z, v, inv_bc2, eps), tau, r, tau_c, r_c, k)
 
 
-def _fused_update(z, v, inv_bc2, eps, tau, r):
-    return _update(*_metric(z, v, inv_bc2, eps), tau, r)
+def _fused_update(z, v, inv_bc2, eps, tau_c, r_c, k: int):
+    return _update(*_metric(z, v, inv_bc2, eps), tau_c, r_c, k)
 
 
 _COMPILED: dict[str, Callable | None] = {}
 
 
-def _compile_config():
-    """No duck sizing (a layer with O == I must not tie the two sizes and recompile for the next layer),
-    room for the few graphs a network needs (ranks, 1x1 vs kxk), and fusion over materialisation."""
-    from contextlib import ExitStack
+_CONFIG_DEPTH = [0]
 
+
+@contextmanager
+def compile_settings():
+    """The compiler settings of the fused prox, entered once around a whole prox step (all layers; entering
+    costs ~0.3 ms): no duck sizing (a layer with O == I must not tie the two sizes and recompile for the next
+    layer), room for the few graphs a network needs, and fusion over materialisation."""
+    if _CONFIG_DEPTH[0]:
+        yield
+        return
     import torch._dynamo
     import torch._inductor.config as inductor_config
     import torch.fx.experimental._config as fx_config
 
-    stack = ExitStack()
-    stack.enter_context(fx_config.patch(use_duck_shape=False))
-    stack.enter_context(torch._dynamo.config.patch(recompile_limit=32))
-    # recompute the cheap per-element terms inside each reduction instead of storing them (measured 1.4x faster)
-    stack.enter_context(inductor_config.patch(realize_reads_threshold=100, realize_opcount_threshold=1000))
-    return stack
+    with ExitStack() as stack:
+        stack.enter_context(fx_config.patch(use_duck_shape=False))
+        stack.enter_context(torch._dynamo.config.patch(recompile_limit=32))
+        # recompute the cheap per-element terms inside each reduction instead of storing them (measured 1.4x)
+        stack.enter_context(inductor_config.patch(realize_reads_threshold=100, realize_opcount_threshold=1000))
+        _CONFIG_DEPTH[0] += 1
+        try:
+            yield
+        finally:
+            _CONFIG_DEPTH[0] -= 1
 
 
 def _compiled() -> tuple[Callable, Callable] | None:
@@ -189,10 +206,12 @@ def adam_soft_threshold_(
     """
     dt = compute_dtype(weight)
     z, v = _flat(weight.to(dt)), _flat(v.to(dt))
+    k = z.shape[1] // weight.shape[1]
     frozen = torch.zeros(weight.shape[1], dtype=torch.bool, device=weight.device) if frozen is None else frozen
     scalar = dict(dtype=dt, device=weight.device)
     inv_bc2, eps_t = (torch.tensor(x, **scalar) for x in (1.0 / bias_correction2, eps))
     tau_t = torch.as_tensor(tau, **scalar).expand(weight.shape[1]).contiguous()
+    tau_c = _columns(tau_t, k)
     r0 = torch.zeros(weight.shape[1], **scalar) if radius is None else radius.to(dt)
     rtol = 1e-8 if dt == torch.float64 else 1e-3
 
@@ -202,15 +221,16 @@ def adam_soft_threshold_(
     fused = _compiled() if compile else None
     if fused is not None:
         try:
-            with _compile_config():
-                r = _solve(lambda r: fused[0](z, v, inv_bc2, eps_t, tau_t, r), alive_of, r0, iters, rtol)
-                x, norms = fused[1](z, v, inv_bc2, eps_t, tau_t, r)
+            with compile_settings():
+                step = lambda r: fused[0](z, v, inv_bc2, eps_t, tau_t, r, tau_c, _columns(r, k), k)  # noqa: E731
+                r = _solve(step, alive_of, r0, iters, rtol)
+                x, norms = fused[1](z, v, inv_bc2, eps_t, tau_c, _columns(r, k), k)
         except Exception as err:  # pragma: no cover - compiler missing at run time
             warnings.warn(f"torch.compile of the Adam prox failed ({err}); running it eagerly", stacklevel=2)
             _COMPILED["step"] = fused = None
     if fused is None:  # eager: D and u computed once
         d, u = _metric(z, v, inv_bc2, eps_t)
-        r = _solve(lambda r: _halley_step(d, u, tau_t, r), alive_of, r0, iters, rtol)
-        x, norms = _update(d, u, tau_t, r)
+        r = _solve(lambda r: _halley_step(d, u, tau_t, r, tau_c, _columns(r, k), k), alive_of, r0, iters, rtol)
+        x, norms = _update(d, u, tau_c, _columns(r, k), k)
     weight.copy_(x.view_as(weight))
     return norms if dt == weight.dtype else channel_norms(weight)
