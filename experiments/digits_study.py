@@ -10,7 +10,9 @@ per-task channel usage (Jaccard overlap of kept encoder channels, STL sparse vs 
 Jobs run one after another as ``python -m lightning_sparse_mtl.train experiment=digits_study <overrides>`` with
 ``hydra.run.dir=<out>/runs/<job>``. A job dir holding ``results.json`` is finished and skipped, so an interrupted
 study resumes where it stopped; a job dir without it (a job killed mid-run) is cleared and that job rerun.
-``--lock`` takes an exclusive ``flock`` on a file around each job (others can run between jobs).
+``--lock`` takes an exclusive ``flock`` on a file around each job (others can run between jobs). Several instances
+may run at once (e.g. ``--tasks mtl`` beside the full list): a job whose run dir is locked by a live training
+process is left to it.
 Outputs in ``<out>``: ``runs/`` (the jobs), ``report.csv``/``summary.csv``/``summary.md`` and figures (the
 report), ``channel_overlap.csv``/``.md``/``.png``/``.pdf``, ``study.json`` (commands, times).
 """
@@ -80,9 +82,25 @@ def maybe_lock(path: str | None):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def held_elsewhere(run_dir: Path) -> bool:
+    """True while a live training process holds the job's run-dir lock (a second study instance runs it)."""
+    from lightning_sparse_mtl.runs.run_dir import LOCK_NAME
+
+    lock = run_dir / LOCK_NAME
+    if not lock.is_file():
+        return False
+    with open(lock, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
 def run_job(run_dir: Path, overrides: list[str], extra: list[str], lock: str | None) -> float | None:
     """Run one job unless finished; returns its wall time (None when skipped). Raises on a failed job."""
-    if (run_dir / "results.json").is_file():
+    if (run_dir / "results.json").is_file() or held_elsewhere(run_dir):
         return None
     if run_dir.exists():  # killed mid-run: start it again from scratch
         shutil.rmtree(run_dir)
@@ -157,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.report_only or (args.max_jobs is not None and ran >= args.max_jobs):
             break
         wall = run_job(runs_dir / name, overrides, extra, args.lock)
-        status = "skipped (finished)" if wall is None else f"{wall:.0f} s"
+        status = "skipped (finished or running elsewhere)" if wall is None else f"{wall:.0f} s"
         print(f"[{i + 1}/{len(todo)}] {name}: {status}", flush=True)
         if wall is not None:
             ran += 1
