@@ -31,7 +31,8 @@ def test_study_jobs_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert ("mtl_sparse_s2", ["tasks=[seg,depth,normal]", "lambda=1e-05", "seed=2"]) in todo
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         recipe = compose("train", overrides=["experiment=digits_sparse"])["lambda"]
-    assert study.preset_lambda() == f"{recipe:g}"  # the digits_sparse recipe's λ
+    # the digits_sparse recipe's λ, doubled for half the steps (the same cumulative shrink lr·λ summed over steps)
+    assert float(study.preset_lambda()) == pytest.approx(2 * recipe)
     done = tmp_path / "done"
     done.mkdir()
     (done / "results.json").write_text("{}")
@@ -48,6 +49,23 @@ def test_study_jobs_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert study.run_job(partial, ["seed=0"], ["x=1"], None) is not None
     assert not partial.exists()  # a killed job's leftovers are cleared before it is rerun
     assert calls[0][-3:] == ["x=1", "seed=0", f"hydra.run.dir={partial}"]
+
+
+def test_study_leaves_a_job_locked_by_a_live_training_to_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fcntl
+
+    from lightning_sparse_mtl.runs.run_dir import LOCK_NAME
+
+    study = load_study()
+    running = tmp_path / "running"
+    (running / "checkpoints").mkdir(parents=True)
+    monkeypatch.setattr(study.subprocess, "run", lambda *a, **k: pytest.fail("ran a job another process runs"))
+    with open(running / LOCK_NAME, "a") as held:  # what RunGuard holds for the life of a training
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert study.held_elsewhere(running)
+        assert study.run_job(running, ["seed=0"], [], None) is None
+        assert (running / "checkpoints").is_dir()  # not cleared
+    assert not study.held_elsewhere(running)  # the holder is gone: a killed job, rerun from scratch
 
 
 def fake_ckpt(path: Path, kept: dict[str, list[int]], channels: int = 4) -> Path:
