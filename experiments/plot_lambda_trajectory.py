@@ -34,7 +34,7 @@ def main(argv: list[str]) -> None:
         ax_frac.axhline(target["fraction"], color=line.get_color(), linestyle=":", linewidth=1)
     ax_lam.set_yscale("log")
     ax_lam.set_ylabel("λ (next step)")
-    ax_lam.legend()
+    ax_lam.legend(loc="upper left", fontsize=8, framealpha=0.9)
     ax_frac.set_ylabel("measured fraction\n(zero groups / MACs removed)")
     ax_frac.set_xlabel("optimizer step")
     ax_frac.set_ylim(0, 1)
