@@ -317,6 +317,13 @@ def test_compiled_prox_equals_eager() -> None:
         nb = adam_soft_threshold_(b, v, 0.05, None, 1, radius, 0.5, 1e-8, compile=False)
         assert torch.equal(a == 0, b == 0) and torch.count_nonzero(a[:, 0]) == 0
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7) and torch.allclose(na, nb, rtol=1e-5)
+    # the compiled update writes into the weight in place; bf16 weights go through a float32 copy, rounded once
+    w = torch.randn(16, 8, 3, 3).bfloat16()
+    v, radius = torch.rand_like(w), channel_norms(w) * 0.9
+    a, b = w.clone(), w.clone()
+    adam_soft_threshold_(a, v, 0.05, None, 1, radius, 0.5, 1e-8, compile=True)
+    adam_soft_threshold_(b, v, 0.05, None, 1, radius, 0.5, 1e-8, compile=False)
+    assert a.dtype == torch.bfloat16 and torch.equal(a, b) and not torch.equal(a, w)
 
 
 def test_two_dim_weights_are_grouped_by_input_feature() -> None:

@@ -120,8 +120,11 @@ def _fused_step(z, v, inv_bc2, eps, tau, r, tau_c, r_c, k: int):
     return _halley_step(*_metric(z, v, inv_bc2, eps), tau, r, tau_c, r_c, k)
 
 
-def _fused_update(z, v, inv_bc2, eps, tau_c, r_c, k: int):
-    return _update(*_metric(z, v, inv_bc2, eps), tau_c, r_c, k)
+def _fused_update_(z, v, inv_bc2, eps, tau_c, r_c, k: int):
+    """``_update`` written into ``z`` in place (one pass: read z and v, write x; no copy of x afterwards)."""
+    x, norms = _update(*_metric(z, v, inv_bc2, eps), tau_c, r_c, k)
+    z.copy_(x)
+    return norms
 
 
 _COMPILED: dict[str, Callable | None] = {}
@@ -158,7 +161,7 @@ def _compiled() -> tuple[Callable, Callable] | None:
     """``torch.compile``d (step, update) (dynamic shapes; one fused loop each), None where not possible."""
     if "step" not in _COMPILED:
         try:
-            _COMPILED["step"] = (torch.compile(_fused_step, dynamic=True), torch.compile(_fused_update, dynamic=True))
+            _COMPILED["step"] = (torch.compile(_fused_step, dynamic=True), torch.compile(_fused_update_, dynamic=True))
         except Exception as err:  # pragma: no cover - depends on the platform
             warnings.warn(f"torch.compile of the Adam prox is unavailable ({err}); running it eagerly", stacklevel=3)
             _COMPILED["step"] = None
@@ -224,7 +227,8 @@ def adam_soft_threshold_(
             with compile_settings():
                 step = lambda r: fused[0](z, v, inv_bc2, eps_t, tau_t, r, tau_c, _columns(r, k), k)  # noqa: E731
                 r = _solve(step, alive_of, r0, iters, rtol)
-                x, norms = fused[1](z, v, inv_bc2, eps_t, tau_c, _columns(r, k), k)
+                norms = fused[1](z, v, inv_bc2, eps_t, tau_c, _columns(r, k), k)
+            x = z
         except Exception as err:  # pragma: no cover - compiler missing at run time
             warnings.warn(f"torch.compile of the Adam prox failed ({err}); running it eagerly", stacklevel=2)
             _COMPILED["step"] = fused = None
@@ -232,5 +236,6 @@ def adam_soft_threshold_(
         d, u = _metric(z, v, inv_bc2, eps_t)
         r = _solve(lambda r: _halley_step(d, u, tau_t, r, tau_c, _columns(r, k), k), alive_of, r0, iters, rtol)
         x, norms = _update(d, u, tau_c, _columns(r, k), k)
-    weight.copy_(x.view_as(weight))
+    if x.data_ptr() != weight.data_ptr():  # eager, or a float32 copy of low-precision weights: one rounding
+        weight.copy_(x.view_as(weight))
     return norms if dt == weight.dtype else channel_norms(weight)
