@@ -302,7 +302,7 @@ class GroupSparsity(nn.Module):
         for i, g in enumerate(self.groups):
             w, frozen = g.weight, self.frozen(i)
             group = groups_of[id(w)]
-            tau = (group["lr"] * lam) * self.group_weights[i]
+            tau = (group["lr"] * lam) * getattr(self, f"group_weight_{i}")  # not the list property: 35x35 lookups
             norms = prox(self, i, optimizer, group, tau, frozen)
             self._norms[i] = (w._version, norms)
             if self.revive:
