@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lightning_sparse_mtl.mtl.delta_m import is_metric_key  # noqa: E402
+from lightning_sparse_mtl.mtl.delta_m import delta_m, is_metric_key  # noqa: E402
 from lightning_sparse_mtl.reporting.metric_info import higher_is_better  # noqa: E402
 
 
@@ -61,7 +61,7 @@ def row(run_dir: Path, label: str, dense: dict[str, float]) -> dict:
         "eager_b8_ms": (res.get("dense/eager/latency_b8_ms"), res.get("pruned/eager/latency_b8_ms")),
         "onnx_b8_ms": (res.get("dense/onnxruntime/latency_b8_ms"), res.get("pruned/onnxruntime/latency_b8_ms")),
         "metrics": {k: res[k] for k in dense if k in res},
-        "mean_change_%": sum(changes.values()) / len(changes),
+        "mean_change_%": delta_m(res, dense, {k: bool(higher_is_better(k)) for k in dense}),
         "worst_change_%": min(changes.values()),
         "worst_metric": min(changes, key=changes.get),
     }

@@ -111,7 +111,7 @@ class GroupSparsity(nn.Module):
         self.newton_iters, self.warm_iters = newton_iters, warm_iters
         if compile not in (True, False, "auto"):
             raise unknown_name("sparsity.compile", compile, ("auto", "true", "false"))
-        self.compile = compile  # "auto": eager for the first COMPILE_AFTER prox steps (compiling costs ~30 s)
+        self.compile = compile  # "auto": eager for the first COMPILE_AFTER prox steps (compiling costs ~20 s)
         self._prox_calls = 0
         self.epoch = 0  # set by the training loop (Lightning: the module, every epoch)
         self.steps = 0  # optimizer steps seen (for messages)
