@@ -6,5 +6,5 @@ from setuptools import find_packages, setup
 setup(
     packages=[*find_packages(include=["lightning_sparse_mtl", "lightning_sparse_mtl.*"]), "lightning_sparse_mtl.conf"],
     package_dir={"lightning_sparse_mtl.conf": "conf"},
-    package_data={"lightning_sparse_mtl.conf": ["*.yaml", "**/*.yaml"]},
+    package_data={"lightning_sparse_mtl.conf": ["*.yaml", "**/*.yaml"], "lightning_sparse_mtl.sparsity": ["*.c"]},
 )

@@ -298,13 +298,13 @@ def test_compile_falls_back_to_eager_when_unavailable(monkeypatch) -> None:
     v, radius = torch.rand_like(w), channel_norms(w)
     a, b = w.clone(), w.clone()
     with pytest.warns(UserWarning, match="running it eagerly"):
-        adam_soft_threshold_(a, v, 0.01, None, 1, radius, 0.5, 1e-8, compile=True)
+        adam_soft_threshold_(a, v, 0.01, None, 1, radius, 0.5, 1e-8, compile=True, native=False)
     adam_soft_threshold_(b, v, 0.01, None, 1, radius, 0.5, 1e-8, compile=False)
     assert torch.equal(a, b)
 
 
 @pytest.mark.slow
-def test_compiled_prox_equals_eager() -> None:
+def test_compiled_prox_equals_eager() -> None:  # torch.compile (the CPU float32 kernel: test_prox_cpu.py)
     torch.manual_seed(5)
     for shape in ((16, 8, 3, 3), (12, 16, 1, 1), (10, 24)):
         w = torch.randn(shape)
@@ -313,7 +313,7 @@ def test_compiled_prox_equals_eager() -> None:
         a, b = w.clone(), w.clone()
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no silent fallback
-            na = adam_soft_threshold_(a, v, 0.05, None, 1, radius, 0.5, 1e-8, compile=True)
+            na = adam_soft_threshold_(a, v, 0.05, None, 1, radius, 0.5, 1e-8, compile=True, native=False)
         nb = adam_soft_threshold_(b, v, 0.05, None, 1, radius, 0.5, 1e-8, compile=False)
         assert torch.equal(a == 0, b == 0) and torch.count_nonzero(a[:, 0]) == 0
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7) and torch.allclose(na, nb, rtol=1e-5)

@@ -13,7 +13,7 @@ Adam-weighted (Deleu & Bengio 2021, arXiv 2102.03869), the prox in Adam's metric
     exact in one step when D is constant over the group), all groups of a layer at once, warm-started from the
     previous step's norms: one fused pass over (z, v) for the root, one for the update.
 Each operator returns the (I,) group norms of the weight *after* the step (the cache for the next penalty
-gradient and the warm start).
+gradient and the warm start); for the Adam prox that is the converged radius r = ||x|| (no extra pass).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 
 import torch
+
+from lightning_sparse_mtl.sparsity import prox_cpu
 
 
 def group_dims(weight: torch.Tensor) -> tuple[int, ...]:
@@ -109,22 +111,32 @@ def _halley_step(d, u, tau, r, tau_c, r_c, k: int):
     return (r - newton / (1.0 - 0.5 * ratio)).clamp_min(0.0), n2
 
 
-def _update(d, u, tau_c, r_c, k: int):
-    """x = D z r / (D r + tau) (O, I * K) (exact zeros where r = 0) and its (I,) group norms."""
-    x = (u * r_c).div_(torch.addcmul(tau_c, d, r_c))
-    return x, _group_sum(x.square(), k).sqrt()
+def _pass(d, u, tau, r, tau_c, r_c, frozen, k: int):
+    """One Halley pass from ``r`` (I,): the next radius (0 for groups that stay zero: ||D z|| <= tau, or frozen)
+    and whether every live group's step was below 1e-3 of its radius (1e-8 in float64), a 0-dim bool."""
+    rtol = 1e-8 if d.dtype == torch.float64 else 1e-3
+    r_next, n2 = _halley_step(d, u, tau, r, tau_c, r_c, k)
+    alive = (n2 > tau.square()) & ~frozen
+    r_next = torch.where(alive, r_next, torch.zeros_like(r_next))
+    done = ((((r_next - r).abs() <= rtol * r_next) & (r_next > 0)) | ~alive).all()
+    return r_next, done
 
 
-def _fused_step(z, v, inv_bc2, eps, tau, r, tau_c, r_c, k: int):
-    """``_halley_step`` reading z and v (what ``torch.compile`` fuses into one loop: D and u never stored)."""
-    return _halley_step(*_metric(z, v, inv_bc2, eps), tau, r, tau_c, r_c, k)
+def _update(d, u, tau_c, r_c):
+    """x = D z r / (D r + tau) (O, I * K), exact zeros where r = 0. Its group norms are r itself (||x|| =
+    r sqrt(f(r)) and f(r) = 1 at the root), so no reduction pass is spent on them (measured: the update costs
+    1.1 ms instead of 3.8 ms on a 512x512x3x3 conv)."""
+    return (u * r_c).div_(torch.addcmul(tau_c, d, r_c).clamp_min_(torch.finfo(d.dtype).tiny))  # 0, not 0/0, at tau = 0
 
 
-def _fused_update_(z, v, inv_bc2, eps, tau_c, r_c, k: int):
-    """``_update`` written into ``z`` in place (one pass: read z and v, write x; no copy of x afterwards)."""
-    x, norms = _update(*_metric(z, v, inv_bc2, eps), tau_c, r_c, k)
-    z.copy_(x)
-    return norms
+def _fused_step(z, v, inv_bc2, eps, tau, r, tau_c, r_c, frozen, k: int):
+    """``_pass`` reading z and v (what ``torch.compile`` fuses into one loop: D and u never stored)."""
+    return _pass(*_metric(z, v, inv_bc2, eps), tau, r, tau_c, r_c, frozen, k)
+
+
+def _fused_update_(z, v, inv_bc2, eps, tau_c, r_c):
+    """``_update`` written into ``z`` in place (one pass: read z and v, write x)."""
+    z.copy_(_update(*_metric(z, v, inv_bc2, eps), tau_c, r_c))
 
 
 _COMPILED: dict[str, Callable | None] = {}
@@ -168,18 +180,11 @@ def _compiled() -> tuple[Callable, Callable] | None:
     return _COMPILED["step"]
 
 
-def _solve(step: Callable, alive_of: Callable, r, min_passes: int, rtol: float):
-    """Halley passes ``step(r) -> (r_next, ||u||^2)`` until every live group's step is <= rtol * r (at least
-    ``min_passes``, at most 50); ``alive_of(||u||^2)`` marks the groups that stay non-zero."""
-    alive = None
+def _solve(step: Callable, r, min_passes: int):
+    """Halley passes ``step(r) -> (r_next, done)`` until done (at least ``min_passes``, at most 50)."""
     for i in range(50):
-        r_next, n2 = step(r)
-        if alive is None:
-            alive = alive_of(n2)
-        r_next = torch.where(alive, r_next, torch.zeros_like(r_next))
-        done = ((r_next - r).abs() <= rtol * r_next) & (r_next > 0) | ~alive
-        r = r_next
-        if i + 1 >= min_passes and bool(done.all()):
+        r, done = step(r)
+        if i + 1 >= min_passes and bool(done):
             break
     return r
 
@@ -195,6 +200,7 @@ def adam_soft_threshold_(
     bias_correction2: float = 1.0,
     eps: float = 0.0,
     compile: bool = False,
+    native: bool | None = None,
 ) -> torch.Tensor:
     """Adam-weighted group soft-threshold of ``weight`` (O, I, ...) in place.
 
@@ -205,7 +211,10 @@ def adam_soft_threshold_(
     repeat (at least ``iters``, at most 50) until every live group's step is below 1e-3 of its radius (1e-8 in
     float64), after which the remaining error is far below float rounding. A warm start needs one pass on
     almost every training step; the update is a second pass. ``compile``: both passes as fused
-    ``torch.compile`` kernels (eager fallback). Returns the (I,) group norms after the step (0 for zeroed groups).
+    ``torch.compile`` kernels (eager fallback). ``native`` (default: ``compile``): CPU float32 weights run the
+    hand-written kernel of ``prox_cpu`` instead (built in ~1 s; measured 2x faster than the compiled one).
+    Returns the (I,) group norms after the step (0 for zeroed groups): the converged radius, which is ||x|| to
+    float rounding (the norms of the rounded weight for bf16 / fp16).
     """
     dt = compute_dtype(weight)
     z, v = _flat(weight.to(dt)), _flat(v.to(dt))
@@ -214,28 +223,32 @@ def adam_soft_threshold_(
     scalar = dict(dtype=dt, device=weight.device)
     inv_bc2, eps_t = (torch.tensor(x, **scalar) for x in (1.0 / bias_correction2, eps))
     tau_t = torch.as_tensor(tau, **scalar).expand(weight.shape[1]).contiguous()
-    tau_c = _columns(tau_t, k)
     r0 = torch.zeros(weight.shape[1], **scalar) if radius is None else radius.to(dt)
-    rtol = 1e-8 if dt == torch.float64 else 1e-3
-
-    def alive_of(n2: torch.Tensor) -> torch.Tensor:
-        return (n2 > tau_t.square()) & ~frozen
-
-    fused = _compiled() if compile else None
-    if fused is not None:
+    if radius is None and bool((tau_t == 0).any()):  # tau = 0 (a zero group weight): the root is ||z||, not near 0
+        r0 = torch.where(tau_t == 0, channel_norms(weight), r0)
+    native = compile if native is None else native
+    lib = prox_cpu.kernels() if native and prox_cpu.usable(z, v) else None
+    fused = _compiled() if compile and lib is None else None
+    tau_c = None if lib is not None else _columns(tau_t, k)
+    if lib is not None:  # CPU float32: the hand-written kernel (rows in memory order), see prox_cpu.py
+        ib = 1.0 / bias_correction2
+        r = _solve(lambda r: prox_cpu.halley_pass(lib, z, v, k, ib, eps, tau_t, r, frozen), r0, iters)
+        prox_cpu.update_(lib, z, v, k, ib, eps, tau_t, r)
+        x = z
+    elif fused is not None:
         try:
             with compile_settings():
-                step = lambda r: fused[0](z, v, inv_bc2, eps_t, tau_t, r, tau_c, _columns(r, k), k)  # noqa: E731
-                r = _solve(step, alive_of, r0, iters, rtol)
-                norms = fused[1](z, v, inv_bc2, eps_t, tau_c, _columns(r, k), k)
+                step = lambda r: fused[0](z, v, inv_bc2, eps_t, tau_t, r, tau_c, _columns(r, k), frozen, k)  # noqa: E731
+                r = _solve(step, r0, iters)
+                fused[1](z, v, inv_bc2, eps_t, tau_c, _columns(r, k))
             x = z
         except Exception as err:  # pragma: no cover - compiler missing at run time
             warnings.warn(f"torch.compile of the Adam prox failed ({err}); running it eagerly", stacklevel=2)
             _COMPILED["step"] = fused = None
-    if fused is None:  # eager: D and u computed once
+    if lib is None and fused is None:  # eager: D and u computed once
         d, u = _metric(z, v, inv_bc2, eps_t)
-        r = _solve(lambda r: _halley_step(d, u, tau_t, r, tau_c, _columns(r, k), k), alive_of, r0, iters, rtol)
-        x, norms = _update(d, u, tau_c, _columns(r, k), k)
+        r = _solve(lambda r: _pass(d, u, tau_t, r, tau_c, _columns(r, k), frozen, k), r0, iters)
+        x = _update(d, u, tau_c, _columns(r, k))
     if x.data_ptr() != weight.data_ptr():  # eager, or a float32 copy of low-precision weights: one rounding
         weight.copy_(x.view_as(weight))
-    return norms if dt == weight.dtype else channel_norms(weight)
+    return r if dt == weight.dtype else channel_norms(weight)
