@@ -103,3 +103,21 @@ def test_kernel_takes_only_cpu_float32_contiguous() -> None:
     assert prox_cpu.usable(z, z)
     assert not prox_cpu.usable(z.double(), z.double())
     assert not prox_cpu.usable(z.t(), z.t())
+
+
+def test_auto_compile_runs_the_kernel_from_the_first_steps(monkeypatch) -> None:
+    calls = []
+    real = prox_cpu.halley_pass
+    monkeypatch.setattr(prox_cpu, "halley_pass", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(4)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for compile, expect_kernel in (("auto", True), (False, False)):
+        calls.clear()
+        gs = GroupSparsity.from_module(net, 1e-2, compile=compile).attach(opt)
+        for _ in range(3):
+            opt.zero_grad()
+            net(torch.randn(2, 3, 10, 10)).square().mean().backward()
+            opt.step()
+        gs.detach()
+        assert bool(calls) == expect_kernel
