@@ -49,7 +49,7 @@ def sparsify_checkpoint(dense_run: Path, dest: Path, fraction: float = 0.5, seed
 
 def test_prune_writes_compact_model_and_speed_report(dense_run: Path, tmp_path: Path) -> None:
     ckpt = sparsify_checkpoint(dense_run, tmp_path / "run")
-    figures = prune_checkpoint(str(ckpt), repeats=2)
+    figures = prune_checkpoint(str(ckpt), repeats=2, batch_sizes=(1, 8), min_run_time=0.02)  # the full path, briefly
     assert figures is not None and figures["pruned/channels_removed"] > 0
     assert figures["pruned/macs"] < figures["dense/macs"] and figures["pruned/params"] < figures["dense/params"]
     assert figures["pruned/macs_ratio"] == pytest.approx(figures["dense/macs"] / figures["pruned/macs"])
@@ -109,16 +109,17 @@ def test_all_zero_layer_inputs_still_prune_exactly(dense_run: Path, tmp_path: Pa
     assert figures is not None and figures["pruned/max_abs_diff"] <= 1e-4
 
 
-@pytest.mark.parametrize(
-    ("make", "message"),
-    [
-        (lambda d: d / "missing.ckpt", "checkpoint not found"),
-        (lambda d: (torch.save({"weights": torch.zeros(2)}, d / "foreign.ckpt"), d / "foreign.ckpt")[1],
-         "is not a lightning-sparse-mtl training checkpoint"),
-        (lambda d: ((d / "junk.ckpt").write_bytes(b"not a checkpoint"), d / "junk.ckpt")[1], "cannot read"),
-    ],
-)  # fmt: skip
-def test_bad_checkpoint_is_one_line_error(make, message: str, tmp_path: Path) -> None:
+BAD_CHECKPOINTS = [
+    (lambda d: d / "missing.ckpt", "checkpoint not found"),
+    (lambda d: (torch.save({"weights": torch.zeros(2)}, d / "foreign.ckpt"), d / "foreign.ckpt")[1],
+     "is not a lightning-sparse-mtl training checkpoint"),
+    (lambda d: ((d / "junk.ckpt").write_bytes(b"not a checkpoint"), d / "junk.ckpt")[1], "cannot read"),
+]  # fmt: skip
+
+
+def test_bad_checkpoint_is_one_line_error_from_the_command_line(tmp_path: Path) -> None:
+    """A real process per entry point (exit status, stderr, no traceback); the other kinds in-process below."""
+    make, message = BAD_CHECKPOINTS[0]
     path = make(tmp_path)
     for entry in ("prune", "evaluate"):
         proc = subprocess.run([sys.executable, "-m", f"lightning_sparse_mtl.{entry}", f"ckpt_path={path}"],
@@ -126,6 +127,22 @@ def test_bad_checkpoint_is_one_line_error(make, message: str, tmp_path: Path) ->
         assert proc.returncode == 2, proc.stderr[-1500:]
         errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
         assert len(errors) == 1 and message in errors[0] and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("make", "message"), BAD_CHECKPOINTS)
+@pytest.mark.parametrize("entry", ["prune", "evaluate"])
+def test_bad_checkpoint_is_one_line_error(entry: str, make, message: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    import importlib
+
+    path = make(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [entry, f"ckpt_path={path}"])
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(f"lightning_sparse_mtl.{entry}").main()
+    assert exit_.value.code == 2
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([path.name] if path.exists() else [])  # nothing written
 
 
 def test_zero_groups_in_checkpoint_are_exact(dense_run: Path, tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from contextlib import ExitStack, contextmanager
 
 import torch
 
-from lightning_sparse_mtl.sparsity import prox_cpu
+import lightning_sparse_mtl.sparsity.prox_cpu as prox_cpu
 
 
 def group_dims(weight: torch.Tensor) -> tuple[int, ...]:
