@@ -76,6 +76,7 @@ def test_evaluate_dense_checkpoint_and_pruned_model_agree(dense_run: Path, tmp_p
         assert pruned[key] == pytest.approx(dense[key], abs=1e-4), key
 
 
+@pytest.mark.slow  # a second interpreter (~30 s); in-process reloads are tested above
 def test_pruned_model_reloads_in_a_fresh_process(dense_run: Path, tmp_path: Path) -> None:
     ckpt = sparsify_checkpoint(dense_run, tmp_path / "run")
     prune_checkpoint(str(ckpt), repeats=1, batch_sizes=(1,))

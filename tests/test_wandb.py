@@ -29,6 +29,7 @@ def val_history(metrics_csv: Path) -> dict[str, list[float]]:
     return out
 
 
+@pytest.mark.slow  # a 2-job multirun in a subprocess (~30 s); the helpers are tested in-process below
 def test_wandb_offline_one_run_per_job(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     args = [*tiny_multirun(tmp_path, ["trainer.max_epochs=2"]), "lambda=0,1e-5", "logger=csv_wandb",
