@@ -111,10 +111,15 @@ def _halley_step(d, u, tau, r, tau_c, r_c, k: int):
     return (r - newton / (1.0 - 0.5 * ratio)).clamp_min(0.0), n2
 
 
+def _rtol(dtype: torch.dtype) -> float:
+    """A live group has converged when its last Halley step is below this fraction of its radius."""
+    return 1e-8 if dtype == torch.float64 else 1e-3
+
+
 def _pass(d, u, tau, r, tau_c, r_c, frozen, k: int):
     """One Halley pass from ``r`` (I,): the next radius (0 for groups that stay zero: ||D z|| <= tau, or frozen)
-    and whether every live group's step was below 1e-3 of its radius (1e-8 in float64), a 0-dim bool."""
-    rtol = 1e-8 if d.dtype == torch.float64 else 1e-3
+    and whether every live group's step was below ``_rtol`` of its radius, a 0-dim bool."""
+    rtol = _rtol(d.dtype)
     r_next, n2 = _halley_step(d, u, tau, r, tau_c, r_c, k)
     alive = (n2 > tau.square()) & ~frozen
     r_next = torch.where(alive, r_next, torch.zeros_like(r_next))
@@ -232,7 +237,7 @@ def adam_soft_threshold_(
     tau_c = None if lib is not None else _columns(tau_t, k)
     if lib is not None:  # CPU float32: the hand-written kernel (rows in memory order), see prox_cpu.py
         ib = 1.0 / bias_correction2
-        r = _solve(lambda r: prox_cpu.halley_pass(lib, z, v, k, ib, eps, tau_t, r, frozen), r0, iters)
+        r = _solve(lambda r: prox_cpu.halley_pass(lib, z, v, k, ib, eps, tau_t, r, frozen, _rtol(dt)), r0, iters)
         prox_cpu.update_(lib, z, v, k, ib, eps, tau_t, r)
         x = z
     elif fused is not None:

@@ -74,19 +74,17 @@ def usable(z: torch.Tensor, v: torch.Tensor) -> bool:
     return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in (z, v))
 
 
-def _ptr(t: torch.Tensor) -> int:
-    return t.data_ptr()
-
-
-def halley_pass(lib, z, v, k: int, inv_bc2: float, eps: float, tau, r, frozen) -> tuple[torch.Tensor, bool]:
+def halley_pass(
+    lib, z, v, k: int, inv_bc2: float, eps: float, tau, r, frozen, rtol: float
+) -> tuple[torch.Tensor, bool]:
     """One pass from ``r`` (I,) over ``z``, ``v`` (O, I * K): (r_next (I,), done), as ``prox._pass``."""
     o, i = z.shape[0], z.shape[1] // k
     r = r.contiguous()
     r_next = torch.empty_like(r)
     flags = frozen.to(torch.uint8).contiguous()
     done = lib.halley_pass(
-        _ptr(z), _ptr(v), o, i, k, inv_bc2, eps, _ptr(tau), _ptr(r), _ptr(flags), 1e-3, _ptr(r_next),
-        torch.get_num_threads(),
+        z.data_ptr(), v.data_ptr(), o, i, k, inv_bc2, eps, tau.data_ptr(), r.data_ptr(), flags.data_ptr(), rtol,
+        r_next.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
     if done < 0:
         raise MemoryError("the CPU prox kernel could not allocate its per-column sums")
@@ -97,7 +95,8 @@ def update_(lib, z, v, k: int, inv_bc2: float, eps: float, tau, r) -> None:
     """x = D z r / (D r + tau) written into ``z`` (O, I * K), as ``prox._update``."""
     o, i = z.shape[0], z.shape[1] // k
     status = lib.prox_update(
-        _ptr(z), _ptr(v), o, i, k, inv_bc2, eps, _ptr(tau), _ptr(r.contiguous()), torch.get_num_threads()
-    )
+        z.data_ptr(), v.data_ptr(), o, i, k, inv_bc2, eps, tau.data_ptr(), r.contiguous().data_ptr(),
+        torch.get_num_threads(),
+    )  # fmt: skip
     if status < 0:
         raise MemoryError("the CPU prox kernel could not allocate its per-column values")
