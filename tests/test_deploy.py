@@ -154,6 +154,9 @@ def test_deploy_writes_verified_files_and_a_complete_speed_report(deployed) -> N
         assert r["threads"] == 2 and r["input_size"] == list(SIZE) and r["device"] == "cpu"
         assert r["speedup"] == pytest.approx(r["dense_ms"] / r["pruned_ms"])
         assert r["speedup_over_macs_ratio"] == pytest.approx(r["speedup"] / figures["pruned/macs_ratio"])
+        eff = r["speedup"] / figures["pruned/macs_ratio_effective"]
+        assert r["speedup_over_effective_macs_ratio"] == pytest.approx(eff)
+        assert figures[f"pruned/{r['runtime']}/speedup_over_effective_macs_ratio_b{r['batch']}"] == pytest.approx(eff)
         rt, b = r["runtime"], r["batch"]
         assert figures[f"pruned/{rt}/latency_b{b}_ms"] == pytest.approx(r["pruned_ms"])
         assert figures[f"dense/{rt}/latency_b{b}_iqr_ms"] == pytest.approx(r["dense_iqr_ms"])
@@ -164,6 +167,13 @@ def test_deploy_writes_verified_files_and_a_complete_speed_report(deployed) -> N
             figures[f"pruned/speedup_b{b}"] / figures["pruned/macs_ratio"]
         )
     assert figures["pruned/macs_ratio"] == pytest.approx(figures["dense/macs"] / figures["pruned/macs"])
+    for k in ("dense", "pruned"):  # padding taps left out: fewer, never more
+        assert 0 < figures[f"{k}/macs_effective"] < figures[f"{k}/macs"]
+    assert figures["pruned/macs_ratio_effective"] == pytest.approx(
+        figures["dense/macs_effective"] / figures["pruned/macs_effective"]
+    )
+    best = [r for r in records if r["batch"] == 2 and r["runtime"] == figures["pruned/best_runtime"]][0]
+    assert figures["pruned/best_runtime_speedup_over_effective_macs_ratio"] == best["speedup_over_effective_macs_ratio"]
     json.dumps(figures)  # results.json-ready
 
 
@@ -172,6 +182,18 @@ def test_pruned_file_is_plain_data_and_rebuilds_the_model(deployed) -> None:
     raw = torch.load(run_dir / "pruned.pt", weights_only=True)
     assert set(raw) >= {"format", "config", "architecture", "state_dict", "report"}
     assert "profile" in raw["report"] and "heads.seg" in raw["report"]["profile"]["units"]
+    profiles = raw["report"]["profiles"]
+    assert set(profiles) == {"eager", "onnxruntime"} and profiles["eager"] == raw["report"]["profile"]
+    for prof in profiles.values():
+        units = prof["units"]
+        assert {"encoder.layer1.0", "encoder.layer4.1", "heads.seg", "heads.normal", "other"} <= set(units)
+        assert all(u["pruned_ms"] >= 0 and u["pruned_macs_effective"] <= u["pruned_macs"] for u in units.values())
+        assert units["heads.seg"]["pruned_ms"] > 0 and units["encoder.layer1.0"]["pruned_ms"] > 0
+        assert sum(u["pruned_ms"] for u in units.values()) == pytest.approx(prof["pruned_total_ms"])
+        assert sum(u["pruned_share"] for u in units.values()) == pytest.approx(1.0)
+        assert units["heads.seg"]["pruned_macs"] == units["heads.seg"]["dense_macs"] > 0  # heads are not pruned
+        assert 0 < prof["unpruned_ms"] <= prof["pruned_total_ms"]
+        assert prof["speedup_ceiling"] == pytest.approx(prof["dense_total_ms"] / prof["unpruned_ms"])
     net = load_pruned(run_dir / "pruned.pt")["model"]
     x = torch.rand(2, 3, *SIZE)
     assert max_diff(outputs(module.net, x), outputs(net, x)) <= 1e-4
@@ -258,3 +280,19 @@ def test_train_prune_block_reaches_prune_and_measure(train_cfg) -> None:
     import inspect
 
     assert set(opts) <= set(inspect.signature(prune_and_measure).parameters)
+
+
+def test_onnx_node_names_map_to_profile_units() -> None:
+    from lightning_sparse_mtl.deploy.profile import _aliases, onnx_scope, profile_units, unit_of
+
+    assert onnx_scope("/encoder/layer4/layer4.1/relu/Relu_output_0_nchwc") == "encoder.layer4.1.relu"
+    assert onnx_scope("/seg/block/block.2/Relu_output_0_nchwc") == "seg.block.2"
+    assert onnx_scope("/Resize") == "" and onnx_scope("ReorderOutput_token_5") == ""
+    net = small_net()
+    aliases = {u: _aliases(net, u) for u in profile_units(net)}
+    assert aliases["heads.seg"] == ["heads.seg", "seg"]  # ModuleDict is never called: not in the ONNX scope
+    assert unit_of("encoder.layer4.1.relu", aliases) == "encoder.layer4.1"
+    assert unit_of("encoder.layer1.0.conv2", aliases) == "encoder.layer1.0"
+    assert unit_of("seg.block.2", aliases) == "heads.seg" and unit_of("normal.out", aliases) == "heads.normal"
+    assert unit_of("model.encoder.maxpool", aliases) == "encoder.maxpool"  # under the ChannelsLast wrapper
+    assert unit_of("", aliases) == "other"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -13,7 +14,9 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.encoders import get_encoder
 from torch import nn
 
-from lightning_sparse_mtl.deploy.measure import count_macs, count_params, measure_latency
+from lightning_sparse_mtl.deploy.measure import count_macs, count_params, macs_by_module, measure_latency
+from lightning_sparse_mtl.models.net import MultiTaskNet
+from lightning_sparse_mtl.mtl.tasks import build_tasks
 from lightning_sparse_mtl.sparsity import pruning
 from lightning_sparse_mtl.sparsity.pruning import PruneReport, prune_zero_channels, removable_channels
 
@@ -115,6 +118,43 @@ def test_count_macs_single_conv_by_hand():
     conv = nn.Conv2d(3, 8, 3, padding=1)
     assert count_macs(conv, torch.randn(1, 3, 10, 10)) == 8 * 3 * 9 * 100
     assert count_params(conv) == 8 * 3 * 9 + 8
+
+
+@pytest.mark.parametrize(
+    "conv, size",
+    [
+        (nn.Conv2d(4, 6, 3, padding=1), (10, 10)),
+        (nn.Conv2d(4, 6, 3, padding=4, dilation=4), (6, 6)),  # an OS 8 resnet's layer4 on a 48x48 image
+        (nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2), (9, 7)),
+        (nn.Conv2d(4, 6, (1, 5), padding=(0, 2)), (5, 8)),
+        (nn.Conv2d(4, 8, 3, padding=1, groups=2), (7, 7)),
+        (nn.Conv2d(4, 6, 1), (5, 5)),  # no padding: both counts agree
+    ],
+)
+def test_effective_macs_leave_out_padding_taps_exactly(conv: nn.Conv2d, size: tuple[int, int]) -> None:
+    """Reference: a conv of ones over an image of ones counts, at every output position, the taps that read it."""
+    x = torch.rand(2, 4, *size)
+    with torch.no_grad():
+        ones = nn.functional.conv2d(torch.ones(1, conv.in_channels // conv.groups, *size),
+                                    torch.ones(1, conv.in_channels // conv.groups, *conv.kernel_size),
+                                    stride=conv.stride, padding=conv.padding, dilation=conv.dilation)  # fmt: skip
+    expected = 2 * conv.out_channels * int(ones.sum())
+    assert count_macs(conv, x, count_padding=False) == expected
+    assert count_macs(conv, x) == 2 * conv.out_channels * conv.in_channels // conv.groups * ones.numel() * math.prod(
+        conv.kernel_size
+    )
+    if conv.padding == (0, 0):
+        assert count_macs(conv, x, count_padding=False) == count_macs(conv, x)
+
+
+def test_macs_by_module_adds_up_to_the_whole_model() -> None:
+    net = MultiTaskNet(build_tasks(["seg", "depth"], num_classes=5), "resnet18", 8, head_channels=8).eval()
+    x = torch.rand(1, 3, 32, 32)
+    for pad in (True, False):
+        per = macs_by_module(net, x, pad)
+        assert per[""] == count_macs(net, x, count_padding=pad)
+        assert per["encoder"] + per["heads.seg"] + per["heads.depth"] == per[""]
+        assert sum(per[f"encoder.layer{i}"] for i in range(1, 5)) + per["encoder.conv1"] == per["encoder"]
 
 
 def test_measure_latency_restores_threads_and_mode():

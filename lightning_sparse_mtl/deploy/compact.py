@@ -20,7 +20,8 @@ from rich.table import Table
 from lightning_sparse_mtl.deploy import export as ex
 from lightning_sparse_mtl.deploy.inference import compare, inference_form
 from lightning_sparse_mtl.deploy.measure import count_macs, count_params
-from lightning_sparse_mtl.deploy.speed import eager_runner, layer_profile, onnx_runner, speed_table
+from lightning_sparse_mtl.deploy.profile import print_profile, profile_report
+from lightning_sparse_mtl.deploy.speed import eager_runner, onnx_runner, speed_table
 from lightning_sparse_mtl.runs.checkpoints import save_pruned
 from lightning_sparse_mtl.runs.errors import UserError
 from lightning_sparse_mtl.sparsity.pruning import prune_zero_channels
@@ -100,6 +101,9 @@ def prune_and_measure(
         "pruned/channels_removed": removed, "pruned/max_abs_diff": report.max_abs_diff, "pruned/round_to": round_to,
     }  # fmt: skip
     figures["pruned/macs_ratio"] = figures["dense/macs"] / max(figures["pruned/macs"], 1)
+    figures["dense/macs_effective"] = count_macs(dense, one, count_padding=False)
+    figures["pruned/macs_effective"] = count_macs(exact, one, count_padding=False)
+    figures["pruned/macs_ratio_effective"] = figures["dense/macs_effective"] / max(figures["pruned/macs_effective"], 1)
     if round_to > 1:
         figures["pruned/macs_rounded"] = count_macs(pruned, one)
         figures["pruned/params_rounded"] = count_params(pruned)
@@ -113,18 +117,21 @@ def prune_and_measure(
     files = _exports(dense_inf, pruned_inf, dense, output, size, list(dense.tasks)) if export else {}
     figures.update(files)
     speed, records = speed_table(_runners(dense_inf, pruned_inf, files, threads), size, batch_sizes, threads,
-                                 figures["pruned/macs_ratio"], repeats, min_run_time)  # fmt: skip
+                                 figures["pruned/macs_ratio"], repeats, min_run_time,
+                                 figures["pruned/macs_ratio_effective"])  # fmt: skip
     figures.update(speed)
     figures.update(headline(speed, records, batch_sizes))
     figures["speed/records"] = records
     figures.update({"speed/threads": threads, "speed/input_size": list(size), "speed/device": "cpu"})
     prune_report = {**report.to_dict(), **{k: v for k, v in figures.items() if k != "speed/records"}}
     if profile:
-        prune_report["profile"] = profile_report(dense_inf, pruned_inf, size, threads)
-        print_profile(prune_report["profile"])
+        onnx_paths = {k: files[f"{k}/onnx_path"] for k in ("dense", "pruned")} if "pruned/onnx_path" in files else None
+        profiles = profile_report(dense_inf, pruned_inf, size, threads, onnx_paths)
+        prune_report["profile"], prune_report["profiles"] = profiles["eager"], profiles
+        print_profile(profiles)
     save_pruned(output, pruned, module.cfg, prune_report)
     figures["pruned/path"] = str(output.resolve())
-    print_speed(records, figures["pruned/macs_ratio"])
+    print_speed(records, figures["pruned/macs_ratio"], figures["pruned/macs_ratio_effective"])
     return figures
 
 
@@ -142,34 +149,20 @@ def headline(speed: dict, records: list[dict], batch_sizes: Sequence[int]) -> di
     out.update({"pruned/best_runtime": best["runtime"], "pruned/best_runtime_batch": b,
                 "pruned/best_runtime_speedup": best["speedup"],
                 "pruned/best_runtime_speedup_over_macs_ratio": best["speedup_over_macs_ratio"]})  # fmt: skip
+    if "speedup_over_effective_macs_ratio" in best:
+        out["pruned/best_runtime_speedup_over_effective_macs_ratio"] = best["speedup_over_effective_macs_ratio"]
     return out
 
 
-def profile_report(dense_inf, pruned_inf, size, threads: int, batch: int = 8) -> dict:
-    """Per-unit (stem, blocks, heads, other) eager milliseconds of dense and pruned and the pruned time shares."""
-    x = torch.rand(batch, 3, *size)
-    d, p = layer_profile(dense_inf, x, threads), layer_profile(pruned_inf, x, threads)
-    total = p["total"] or 1.0
-    units = {n: {"dense_ms": d.get(n, 0.0), "pruned_ms": p[n], "pruned_share": p[n] / total} for n in p if n != "total"}
-    return {"runtime": "eager", "batch": batch, "threads": threads, "dense_total_ms": d["total"],
-            "pruned_total_ms": p["total"], "units": units}  # fmt: skip
-
-
-def print_profile(profile: dict) -> None:
-    table = Table(title=f"where the pruned model spends its time (eager, batch {profile['batch']})")
-    for col in ("unit", "dense ms", "pruned ms", "pruned share"):
-        table.add_column(col, justify="left" if col == "unit" else "right")
-    for name, u in profile["units"].items():
-        table.add_row(name, f"{u['dense_ms']:.2f}", f"{u['pruned_ms']:.2f}", f"{u['pruned_share']:.1%}")
-    Console(width=200).print(table)
-
-
-def print_speed(records: list[dict], macs_ratio: float) -> None:
-    table = Table(title=f"dense vs pruned (exact MACs ratio {macs_ratio:.2f}; median of interleaved blocks, IQR)")
-    for col in ("runtime", "batch", "dense ms (IQR)", "pruned ms (IQR)", "speedup", "speedup / MACs ratio"):
+def print_speed(records: list[dict], macs_ratio: float, effective_ratio: float | None = None) -> None:
+    eff = f", effective {effective_ratio:.2f} (padding taps left out)" if effective_ratio else ""
+    table = Table(title=f"dense vs pruned (exact MACs ratio {macs_ratio:.2f}{eff}; median of interleaved blocks, IQR)")
+    cols = ["runtime", "batch", "dense ms (IQR)", "pruned ms (IQR)", "speedup", "speedup / MACs ratio"]
+    for col in cols + (["speedup / effective"] if effective_ratio else []):
         table.add_column(col, justify="left" if col == "runtime" else "right")
     for r in records:
+        extra = [f"{r['speedup_over_effective_macs_ratio']:.2f}"] if effective_ratio else []
         table.add_row(r["runtime"], str(r["batch"]), f"{r['dense_ms']:.2f} ({r['dense_iqr_ms']:.2f})",
                       f"{r['pruned_ms']:.2f} ({r['pruned_iqr_ms']:.2f})", f"{r['speedup']:.2f}",
-                      f"{r['speedup_over_macs_ratio']:.2f}")  # fmt: skip
+                      f"{r['speedup_over_macs_ratio']:.2f}", *extra)  # fmt: skip
     Console(width=200).print(table)

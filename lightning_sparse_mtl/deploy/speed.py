@@ -10,13 +10,13 @@ Runtimes: ``eager`` (PyTorch, CPU), ``onnxruntime`` (CPU; needs the ``.onnx`` fi
 from __future__ import annotations
 
 import logging
-import statistics
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from lightning_sparse_mtl.deploy.profile import layer_profile, profile_units  # noqa: F401 - moved there
 
 if TYPE_CHECKING:
     from torch.utils import benchmark
@@ -68,13 +68,15 @@ def onnx_runner(session: Any) -> Runner:
 
 def speed_table(
     runners: Mapping[str, Mapping[str, Runner]], size: tuple[int, int], batch_sizes: Sequence[int], threads: int,
-    macs_ratio: float, rounds: int = 5, min_run_time: float = 0.2,
+    macs_ratio: float, rounds: int = 5, min_run_time: float = 0.2, effective_macs_ratio: float | None = None,
 ) -> tuple[dict[str, float], list[dict]]:  # fmt: skip
     """Time ``runners[runtime]["dense" | "pruned"]`` at each batch size on random (B, 3, H, W) input.
 
     Returns flat figures (``{dense,pruned}/{runtime}/latency_b{B}_ms`` and ``..._iqr_ms``,
     ``pruned/{runtime}/speedup_b{B}`` and ``pruned/{runtime}/speedup_over_macs_ratio_b{B}``) and one record
-    per figure with its runtime, device, threads, batch and input size.
+    per figure with its runtime, device, threads, batch and input size. With ``effective_macs_ratio`` (the ratio
+    of MACs with padding taps left out, ``count_macs(count_padding=False)``) also
+    ``pruned/{runtime}/speedup_over_effective_macs_ratio_b{B}`` and the record's ``speedup_over_effective_macs_ratio``.
     """
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -99,60 +101,9 @@ def speed_table(
                     "blocks": len(m["pruned"].times), "speedup": speedup,
                     "speedup_over_macs_ratio": speedup / macs_ratio,
                 })  # fmt: skip
+                if effective_macs_ratio:
+                    figures[f"pruned/{runtime}/speedup_over_effective_macs_ratio_b{b}"] = speedup / effective_macs_ratio
+                    records[-1]["speedup_over_effective_macs_ratio"] = speedup / effective_macs_ratio
     finally:
         torch.set_num_threads(old)
     return figures, records
-
-
-def profile_units(model: nn.Module) -> dict[str, nn.Module]:
-    """The units a profile reports: encoder children (Sequential stages expanded into blocks) and each head."""
-    units: dict[str, nn.Module] = {}
-    root = getattr(model, "model", model)  # ChannelsLast wrapper
-    encoder = getattr(root, "encoder", None)
-    if encoder is not None:
-        for name, child in encoder.named_children():
-            if isinstance(child, nn.Sequential | nn.ModuleList) and len(child) > 0:
-                units.update({f"encoder.{name}.{n}": c for n, c in child.named_children()})
-            else:
-                units[f"encoder.{name}"] = child
-    for name, head in getattr(root, "heads", {}).items():
-        units[f"heads.{name}"] = head
-    return units
-
-
-@torch.inference_mode()
-def layer_profile(model: nn.Module, x: torch.Tensor, threads: int, repeats: int = 10) -> dict[str, float]:
-    """Median milliseconds per unit of :func:`profile_units` on input ``x`` (B, 3, H, W), plus ``total`` and
-    ``other`` (what runs outside the units: upsampling, output activations); forward hooks time each unit."""
-    units = profile_units(model)
-    spent: dict[str, list[float]] = {n: [] for n in [*units, "total"]}
-    start: dict[str, float] = {}
-    current: dict[str, float] = {}
-    hooks = []
-
-    def begin(name: str) -> Callable:
-        return lambda m, a: start.__setitem__(name, time.perf_counter())
-
-    def end(name: str) -> Callable:
-        return lambda m, a, o: current.__setitem__(name, current.get(name, 0.0) + time.perf_counter() - start[name])
-
-    for name, m in units.items():
-        hooks += [m.register_forward_pre_hook(begin(name)), m.register_forward_hook(end(name))]
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        model(x)  # warm-up
-        for _ in range(repeats):
-            current.clear()
-            t0 = time.perf_counter()
-            model(x)
-            spent["total"].append(time.perf_counter() - t0)
-            for name in units:
-                spent[name].append(current.get(name, 0.0))
-    finally:
-        torch.set_num_threads(old)
-        for h in hooks:
-            h.remove()
-    ms = {name: 1e3 * statistics.median(v) for name, v in spent.items()}
-    ms["other"] = max(ms["total"] - sum(v for k, v in ms.items() if k != "total"), 0.0)
-    return ms
