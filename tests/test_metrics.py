@@ -125,3 +125,17 @@ def test_metric_direction_lookup_by_results_key() -> None:
     assert metric_direction("test/delta_m") is True
     assert metric_direction("params") is None
     assert metric_unit("test/normal/median") == "°"
+
+
+def test_unit_normal_matches_f_normalize_in_value_and_gradient() -> None:
+    from lightning_sparse_mtl.mtl.tasks import unit_normal
+
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64)
+    x[0, :, 0, 0] = 0  # a zero vector: F.normalize gives 0 with a finite gradient; so must we
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    w = torch.randn_like(x)
+    (unit_normal(a) * w).sum().backward()
+    (F.normalize(b, dim=1) * w).sum().backward()
+    assert torch.allclose(unit_normal(x), F.normalize(x, dim=1), atol=1e-12)
+    assert torch.isfinite(a.grad).all() and torch.allclose(a.grad, b.grad, atol=1e-9)
+    assert unit_normal(x.to(torch.bfloat16)).dtype == torch.bfloat16

@@ -49,8 +49,13 @@ def identity(x: torch.Tensor) -> torch.Tensor:
 
 
 def unit_normal(x: torch.Tensor) -> torch.Tensor:
-    """L2-normalise along channels: (B,3,H,W) -> unit vectors."""
-    return F.normalize(x, dim=1)
+    """L2-normalise along channels: (B,3,H,W) -> unit vectors, ``x / max(||x||, 1e-12)`` as ``F.normalize``.
+
+    Written as a sum of squares: ``F.normalize(dim=1)`` (``linalg.vector_norm`` over the channel dim of an NCHW
+    tensor) takes a strided slow path on CPU, 3.5 ms vs 0.04 ms for (8, 3, 48, 48) on 2 threads. The clamp is on
+    the squared norm, so a zero vector gets a zero gradient (not 0/0).
+    """
+    return x / (x * x).sum(1, keepdim=True).clamp_min(1e-24).sqrt()
 
 
 @dataclass(frozen=True)
