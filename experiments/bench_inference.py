@@ -35,6 +35,7 @@ MODELS = ["resnet18:8", "resnet34:8", "resnet50:8", "mobilenet_v2:8"]
 FORMS = {  # name -> (fold_bn, channels_last, round_to)
     "unfolded": (False, False, 1), "folded": (True, False, 1), "folded+channels_last": (True, True, 1),
     "folded+round8": (True, False, 8), "folded+round16": (True, False, 16),
+    "folded+round8+channels_last": (True, True, 8),
 }  # fmt: skip
 
 

@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 
 import hydra
-import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_sparse_mtl.runs.checkpoints import load_any
 from lightning_sparse_mtl.runs.configs import CONFIG_DIR
 from lightning_sparse_mtl.runs.errors import exit_on_user_error
 from lightning_sparse_mtl.runs.logfile import quiet_known_noise
@@ -27,6 +25,10 @@ def evaluate(
     ckpt_path: str, data_root: str | None = None, batch_size: int | None = None, trainer_kwargs: dict | None = None
 ) -> dict[str, float]:
     """``{"test/<task>/<metric>": value}`` for the model in ``ckpt_path`` on its config's test split."""
+    import lightning as L  # here, not at the top: a bad path or checkpoint fails before seconds of imports
+
+    from lightning_sparse_mtl.runs.checkpoints import load_any
+
     module = load_any(ckpt_path)
     data_cfg = dict(module.cfg["data"])
     if data_root is not None:

@@ -14,9 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from lightning_sparse_mtl.deploy.compact import prune_and_measure
-from lightning_sparse_mtl.runs.checkpoints import load_module
-from lightning_sparse_mtl.runs.configs import CONFIG_DIR
+from lightning_sparse_mtl.runs.config_dir import CONFIG_DIR  # not runs.configs: that imports Lightning
 from lightning_sparse_mtl.runs.data_paths import measured_input_size, point_data_at
 from lightning_sparse_mtl.runs.errors import exit_on_user_error
 from lightning_sparse_mtl.runs.results import print_results, read_results, write_results
@@ -31,7 +29,11 @@ def prune_checkpoint(ckpt_path: str, output: str | None = None, data_root: str |
     out = check_writable_file(output, "output") if output else run_dir / "pruned.pt"
     if not output:
         check_writable_file(out, "output (default: the run directory)")
-    module = load_module(ckpt_path)
+    from lightning_sparse_mtl.runs.checkpoints import load_module
+
+    module = load_module(ckpt_path)  # checks the file before it imports Lightning and the model code
+    from lightning_sparse_mtl.deploy.compact import prune_and_measure  # Torch-Pruning, timm: seconds of imports
+
     point_data_at(module.cfg, data_root)  # kept in pruned.pt's config, so evaluate finds the data too
     measured_input_size(module.cfg, "prune")  # the data is there (one test image gives the input size)
     figures = prune_and_measure(module, out, **kwargs)

@@ -119,15 +119,20 @@ BAD_CHECKPOINTS = [
 
 
 def test_bad_checkpoint_is_one_line_error_from_the_command_line(tmp_path: Path) -> None:
-    """A real process per entry point (exit status, stderr, no traceback); the other kinds in-process below."""
-    make, message = BAD_CHECKPOINTS[0]
+    """A real process per entry point (exit status, stderr, no traceback); the other kinds in-process below.
+    The error comes before the heavy imports (Lightning, Torch-Pruning: seconds of start-up)."""
+    make, message = BAD_CHECKPOINTS[1]
     path = make(tmp_path)
     for entry in ("prune", "evaluate"):
-        proc = subprocess.run([sys.executable, "-m", f"lightning_sparse_mtl.{entry}", f"ckpt_path={path}"],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-m", f"lightning_sparse_mtl.{entry}",
+                               f"ckpt_path={path}"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
         assert proc.returncode == 2, proc.stderr[-1500:]
         errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
         assert len(errors) == 1 and message in errors[0] and "Traceback" not in proc.stderr
+        imported = {ln.rpartition("|")[2].strip() for ln in proc.stderr.splitlines() if ln.startswith("import time:")}
+        heavy = {"torch_pruning", "timm"} | ({"lightning"} if entry == "prune" else set())  # evaluate: Trainer schema
+        assert "torch" in imported and not imported & heavy, (entry, imported & heavy)
 
 
 @pytest.mark.parametrize(("make", "message"), BAD_CHECKPOINTS)

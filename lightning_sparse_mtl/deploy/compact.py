@@ -78,7 +78,7 @@ def _runners(dense_inf, pruned_inf, files: dict, threads: int) -> dict:
 
 def prune_and_measure(
     module, output: Path, batch_sizes: Sequence[int] = (1, 8, 32), repeats: int = 5, threads: int = 2,
-    round_to: int = 1, fold_bn: bool = True, channels_last: bool = False, export: bool = True,
+    round_to: int = 1, fold_bn: bool = True, channels_last: bool = True, export: bool = True,
     min_run_time: float = 0.2, profile: bool = True,
 ) -> dict | None:  # fmt: skip
     """Prune ``module.net`` (a copy), verify, export, time dense vs pruned, save; return the figures.

@@ -38,13 +38,13 @@ def is_pruned_file(obj: Any) -> bool:
 
 def load_module(path: str | os.PathLike):
     """A SparseMTLModule restored from a Lightning checkpoint of this project (weights, config, sparsity masks)."""
-    from lightning_sparse_mtl.models.pretrained import restoring
-    from lightning_sparse_mtl.training.module import SparseMTLModule
-
     ckpt = _torch_load(path)
     cfg = ckpt.get("hyper_parameters", {}).get("cfg") if isinstance(ckpt, dict) else None
     if not isinstance(cfg, dict) or "state_dict" not in ckpt:
         raise UserError(f"{path} is not a lightning-sparse-mtl training checkpoint (no config inside)")
+    from lightning_sparse_mtl.models.pretrained import restoring  # imported once the file is known good: Lightning
+    from lightning_sparse_mtl.training.module import SparseMTLModule  # is seconds of start-up
+
     with restoring():  # the checkpoint holds the weights: do not re-read model.weights
         module = SparseMTLModule(cfg)
     try:
@@ -158,11 +158,11 @@ def load_pruned(path: str | os.PathLike) -> dict:
 
 def load_any(path: str | os.PathLike):
     """A SparseMTLModule from a training checkpoint or a pruned model file (its net is then the compact one)."""
-    from lightning_sparse_mtl.models.pretrained import restoring
-    from lightning_sparse_mtl.training.module import SparseMTLModule
-
     obj = _read(path)
     if is_pruned_file(obj):
+        from lightning_sparse_mtl.models.pretrained import restoring
+        from lightning_sparse_mtl.training.module import SparseMTLModule
+
         pruned = _pruned_from(obj, path)
         with restoring():
             module = SparseMTLModule(pruned["config"])

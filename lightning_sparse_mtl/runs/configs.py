@@ -1,29 +1,16 @@
-"""Where the Hydra configs live, the Trainer schema they build on, and plain-dict copies of a resolved config."""
+"""The Trainer schema the Hydra configs build on, plain-dict copies of a resolved config; CONFIG_DIR (config_dir)."""
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import Container, DictConfig, OmegaConf
 
-_PACKAGE = Path(__file__).resolve().parent.parent
-
-
-def find_config_dir() -> str:
-    """The Hydra config directory: ``lightning_sparse_mtl/conf`` in an installed wheel (setup.py maps the repo's
-    top-level ``conf/`` there), the repo's ``conf/`` in a checkout or an editable install."""
-    for candidate in (_PACKAGE / "conf", _PACKAGE.parent / "conf"):
-        if (candidate / "train.yaml").is_file():
-            return str(candidate)
-    raise RuntimeError(f"lightning_sparse_mtl: no Hydra configs next to {_PACKAGE} (a broken install?)")
-
-
-CONFIG_DIR = find_config_dir()
+from lightning_sparse_mtl.runs.config_dir import CONFIG_DIR, find_config_dir  # noqa: F401 - re-exported
 
 # The parts of the train config that define the model and its training (what checkpoints store).
 MODULE_KEYS = (
