@@ -186,7 +186,10 @@ def test_pruned_file_is_plain_data_and_rebuilds_the_model(deployed) -> None:
     assert set(profiles) == {"eager", "onnxruntime"} and profiles["eager"] == raw["report"]["profile"]
     for prof in profiles.values():
         units = prof["units"]
-        assert {"encoder.layer1.0", "encoder.layer4.1", "heads.seg", "heads.normal", "other"} <= set(units)
+        assert {"encoder.stem", "encoder.layer1.0", "encoder.layer4.1", "heads.seg", "heads.normal", "other"} <= set(
+            units
+        )
+        assert units["encoder.stem"]["pruned_ms"] > 0 and units["encoder.stem"]["pruned_macs"] > 0
         assert all(u["pruned_ms"] >= 0 and u["pruned_macs_effective"] <= u["pruned_macs"] for u in units.values())
         assert units["heads.seg"]["pruned_ms"] > 0 and units["encoder.layer1.0"]["pruned_ms"] > 0
         assert sum(u["pruned_ms"] for u in units.values()) == pytest.approx(prof["pruned_total_ms"])
@@ -266,7 +269,7 @@ def test_speed_table_and_profile_are_consistent() -> None:
     assert len(records) == 1 and records[0]["blocks"] >= 2
     assert figures["pruned/eager/speedup_over_macs_ratio_b1"] == pytest.approx(figures["pruned/eager/speedup_b1"] / 2)
     prof = layer_profile(net, torch.rand(2, 3, *SIZE), threads=1, repeats=3)
-    assert {"encoder.conv1", "encoder.layer1.0", "encoder.layer4.1", "heads.seg", "other", "total"} <= set(prof)
+    assert {"encoder.stem", "encoder.layer1.0", "encoder.layer4.1", "heads.seg", "other", "total"} <= set(prof)
     units = sum(v for k, v in prof.items() if k not in ("total", "other"))
     assert 0 < units <= prof["total"] and prof["other"] == pytest.approx(prof["total"] - units)
 
@@ -283,16 +286,42 @@ def test_train_prune_block_reaches_prune_and_measure(train_cfg) -> None:
 
 
 def test_onnx_node_names_map_to_profile_units() -> None:
-    from lightning_sparse_mtl.deploy.profile import _aliases, onnx_scope, profile_units, unit_of
+    from lightning_sparse_mtl.deploy.profile import onnx_scope, unit_aliases, unit_of
 
     assert onnx_scope("/encoder/layer4/layer4.1/relu/Relu_output_0_nchwc") == "encoder.layer4.1.relu"
     assert onnx_scope("/seg/block/block.2/Relu_output_0_nchwc") == "seg.block.2"
     assert onnx_scope("/Resize") == "" and onnx_scope("ReorderOutput_token_5") == ""
     net = small_net()
-    aliases = {u: _aliases(net, u) for u in profile_units(net)}
+    aliases = unit_aliases(net)
     assert aliases["heads.seg"] == ["heads.seg", "seg"]  # ModuleDict is never called: not in the ONNX scope
+    assert aliases["encoder.stem"] == ["encoder.conv1", "encoder.bn1", "encoder.relu", "encoder.maxpool"]
+    assert unit_of("encoder.relu", aliases) == "encoder.stem"  # ORT names the fused conv+BN+ReLU after the ReLU
     assert unit_of("encoder.layer4.1.relu", aliases) == "encoder.layer4.1"
     assert unit_of("encoder.layer1.0.conv2", aliases) == "encoder.layer1.0"
     assert unit_of("seg.block.2", aliases) == "heads.seg" and unit_of("normal.out", aliases) == "heads.normal"
-    assert unit_of("model.encoder.maxpool", aliases) == "encoder.maxpool"  # under the ChannelsLast wrapper
+    assert unit_of("model.encoder.maxpool", aliases) == "encoder.stem"  # under the ChannelsLast wrapper
     assert unit_of("", aliases) == "other"
+
+
+def test_bench_inference_rows_carry_both_mac_ratios() -> None:
+    """``experiments/bench_inference.py`` on a tiny model, both runtimes: every row's ratios are its own MACs'."""
+    import argparse
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "experiments" / "bench_inference.py"
+    spec = importlib.util.spec_from_file_location("bench_inference", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = argparse.Namespace(runtimes=["eager", "onnxruntime"], threads=1, batch_sizes=[1], rounds=1,
+                              min_run_time=0.01)  # fmt: skip
+    net = small_net()
+    records = bench.measure("tiny", net, SIZE, args, "folded+round8+channels_last")
+    assert {r["runtime"] for r in records} == {"eager", "onnxruntime"}
+    one = torch.rand(1, 3, *SIZE)
+    exact, _ = prune_copy(net, SIZE)
+    ratio = count_macs(net, one) / count_macs(exact, one)
+    effective = count_macs(net, one, count_padding=False) / count_macs(exact, one, count_padding=False)
+    for r in records:
+        assert r["macs_ratio"] == pytest.approx(ratio) and r["macs_ratio_effective"] == pytest.approx(effective)
+        assert r["speedup_over_effective_macs_ratio"] == pytest.approx(r["speedup"] / effective)
+    assert "| tiny | folded+round8+channels_last | onnxruntime | 1 |" in bench.markdown(records)

@@ -23,19 +23,26 @@ from torch import nn
 from lightning_sparse_mtl.deploy.measure import macs_by_module
 
 
-def profile_units(model: nn.Module) -> dict[str, nn.Module]:
-    """The units a profile reports: encoder children (Sequential stages expanded into blocks) and each head."""
-    units: dict[str, nn.Module] = {}
+def profile_units(model: nn.Module) -> dict[str, list[str]]:
+    """``{unit: [module paths]}``: ``encoder.stem`` (the encoder's children before its first stage: conv, BN,
+    activation, pooling, reported as one unit since runtimes fuse them), every block of every stage
+    (``encoder.layer1.0``, ...), later encoder children, and each head (``heads.<task>``). Paths are relative to
+    the model (inside a ``ChannelsLast`` wrapper: to the wrapped model)."""
+    units: dict[str, list[str]] = {}
     root = getattr(model, "model", model)  # ChannelsLast wrapper
     encoder = getattr(root, "encoder", None)
     if encoder is not None:
+        stages_seen = False
         for name, child in encoder.named_children():
             if isinstance(child, nn.Sequential | nn.ModuleList) and len(child) > 0:
-                units.update({f"encoder.{name}.{n}": c for n, c in child.named_children()})
+                stages_seen = True
+                units.update({f"encoder.{name}.{n}": [f"encoder.{name}.{n}"] for n, _ in child.named_children()})
+            elif stages_seen:
+                units[f"encoder.{name}"] = [f"encoder.{name}"]
             else:
-                units[f"encoder.{name}"] = child
-    for name, head in getattr(root, "heads", {}).items():
-        units[f"heads.{name}"] = head
+                units.setdefault("encoder.stem", []).append(f"encoder.{name}")
+    for name in getattr(root, "heads", {}):
+        units[f"heads.{name}"] = [f"heads.{name}"]
     return units
 
 
@@ -60,8 +67,11 @@ def layer_profile(model: nn.Module, x: torch.Tensor, threads: int, repeats: int 
     def end(name: str) -> Callable:
         return lambda m, a, o: current.__setitem__(name, current.get(name, 0.0) + time.perf_counter() - start[name])
 
-    for name, m in units.items():
-        hooks += [m.register_forward_pre_hook(begin(name)), m.register_forward_hook(end(name))]
+    root = getattr(model, "model", model)
+    for name, paths in units.items():
+        for path in paths:  # a unit's modules run one after the other: their times add up
+            m = root.get_submodule(path)
+            hooks += [m.register_forward_pre_hook(begin(name)), m.register_forward_hook(end(name))]
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -90,14 +100,17 @@ def onnx_scope(node_name: str) -> str:
     return path.strip(".")
 
 
-def _aliases(model: nn.Module, unit: str) -> list[str]:
-    """How ``unit`` can appear in ONNX scopes: as is, and without containers that are never called (ModuleDict)."""
+def unit_aliases(model: nn.Module) -> dict[str, list[str]]:
+    """``{unit: [dotted paths]}``: how the modules of each unit of :func:`profile_units` can appear in ONNX scopes
+    (as named, and without containers that are never called, such as ``ModuleDict``: ``heads.seg`` -> ``seg``)."""
     root = getattr(model, "model", model)
-    parts, kept = unit.split("."), []
-    for i, part in enumerate(parts):
-        if not isinstance(root.get_submodule(".".join(parts[: i + 1])), nn.ModuleDict):
-            kept.append(part)
-    return list(dict.fromkeys([unit, ".".join(kept)]))
+
+    def called(path: str) -> str:
+        parts = path.split(".")
+        mods = [root.get_submodule(".".join(parts[: i + 1])) for i in range(len(parts))]
+        return ".".join(p for p, m in zip(parts, mods) if not isinstance(m, nn.ModuleDict))
+
+    return {u: list(dict.fromkeys([*paths, *map(called, paths)])) for u, paths in profile_units(model).items()}
 
 
 def unit_of(scope: str, aliases: Mapping[str, list[str]]) -> str:
@@ -118,7 +131,7 @@ def onnx_layer_profile(
     import onnxruntime as ort
 
     units = profile_units(model)
-    aliases = {u: _aliases(model, u) for u in units}
+    aliases = unit_aliases(model)
     with tempfile.TemporaryDirectory() as tmp:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -152,8 +165,12 @@ def profile_report(
     ``pruned_ms``, ``pruned_share``, and per image ``{dense,pruned}_macs`` / ``..._macs_effective``."""
     x = torch.rand(batch, 3, *size)
     one = torch.rand(1, 3, *size)
-    macs = {(k, pad): macs_by_module(getattr(m, "model", m), one, pad)
-            for k, m in (("dense", dense), ("pruned", pruned)) for pad in (True, False)}  # fmt: skip
+    members = profile_units(pruned)
+    macs = {}
+    for k, m in (("dense", dense), ("pruned", pruned)):
+        for pad in (True, False):
+            per = macs_by_module(getattr(m, "model", m), one, pad)
+            macs[k, pad] = {u: sum(per.get(path, 0) for path in paths) for u, paths in members.items()}
     timings = {"eager": (layer_profile(dense, x, threads), layer_profile(pruned, x, threads))}
     if onnx_paths:
         timings["onnxruntime"] = tuple(onnx_layer_profile(m, onnx_paths[k], x, threads)
