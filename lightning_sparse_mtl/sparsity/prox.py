@@ -130,8 +130,16 @@ def _pass(d, u, tau, r, tau_c, r_c, frozen, k: int):
 def _update(d, u, tau_c, r_c):
     """x = D z r / (D r + tau) (O, I * K), exact zeros where r = 0. Its group norms are r itself (||x|| =
     r sqrt(f(r)) and f(r) = 1 at the root), so no reduction pass is spent on them (measured: the update costs
-    1.1 ms instead of 3.8 ms on a 512x512x3x3 conv)."""
-    return (u * r_c).div_(torch.addcmul(tau_c, d, r_c).clamp_min_(torch.finfo(d.dtype).tiny))  # 0, not 0/0, at tau = 0
+    1.1 ms instead of 3.8 ms on a 512x512x3x3 conv).
+
+    Subnormal results are flushed to zero. Coordinates that get no gradient (the rows of a conv whose output
+    channel nothing reads any more) have v -> 0, so D -> eps and the update shrinks them by ~eps r / tau per
+    step, through the subnormal range; once the learning rate (so tau) decays they stay there. Measured on the
+    trained digits_sparse checkpoint: 146k subnormal weights made a CPU training step (forward + backward,
+    batch 16) 241 ms instead of 188 ms and eval 98 instead of 49 ms (x86 handles subnormals in microcode)."""
+    tiny = torch.finfo(d.dtype).tiny
+    x = (u * r_c).div_(torch.addcmul(tau_c, d, r_c).clamp_min_(tiny))  # 0, not 0/0, at tau = 0
+    return x.masked_fill_(x.abs() < tiny, 0.0)
 
 
 def _fused_step(z, v, inv_bc2, eps, tau, r, tau_c, r_c, frozen, k: int):

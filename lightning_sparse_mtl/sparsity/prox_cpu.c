@@ -7,6 +7,7 @@
  * The arithmetic is that of prox.py (_metric, _halley_step, _pass, _update), in float32.
  * Built by prox_cpu.py with gcc -O3 -march=native -fno-math-errno -fopenmp (libgomp is torch's).
  */
+#include <float.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -70,7 +71,8 @@ int halley_pass(const float *z, const float *v, long O, long I, long K, float in
     return done;
 }
 
-/* x = D z r / (D r + tau) written into z (exact zeros where r = 0). Returns -1 when memory runs out. */
+/* x = D z r / (D r + tau) written into z (exact zeros where r = 0, subnormal results flushed to zero).
+ * Returns -1 when memory runs out. */
 int prox_update(float *z, const float *v, long O, long I, long K, float inv_bc2, float eps, const float *tau,
                 const float *r, int threads) {
     long C = I * K;
@@ -87,7 +89,8 @@ int prox_update(float *z, const float *v, long O, long I, long K, float inv_bc2,
         for (long j = 0; j < C; ++j) {
             float d = sqrtf(vr[j] * inv_bc2) + eps;
             float den = tc[j] + d * rc[j];
-            zr[j] = den > 0.0f ? (d * zr[j] * rc[j]) / den : 0.0f; /* r = 0: exact zero, also at tau = 0 */
+            float x = den > 0.0f ? (d * zr[j] * rc[j]) / den : 0.0f; /* r = 0: exact zero, also at tau = 0 */
+            zr[j] = fabsf(x) < FLT_MIN ? 0.0f : x; /* subnormals to zero: they slow CPU convs ~2x (prox.py) */
         }
     }
     free(tc);
