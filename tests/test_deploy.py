@@ -16,7 +16,8 @@ from lightning_sparse_mtl.deploy import export as ex
 from lightning_sparse_mtl.deploy.compact import prune_and_measure, prune_copy
 from lightning_sparse_mtl.deploy.inference import fold_batchnorm, inference_form
 from lightning_sparse_mtl.deploy.measure import count_macs
-from lightning_sparse_mtl.deploy.speed import layer_profile, speed_table
+from lightning_sparse_mtl.deploy.profile import layer_profile
+from lightning_sparse_mtl.deploy.speed import speed_table
 from lightning_sparse_mtl.models.net import MultiTaskNet
 from lightning_sparse_mtl.mtl.tasks import build_tasks
 from lightning_sparse_mtl.runs.checkpoints import LEGACY_PRUNED_FORMAT, load_any, load_pruned

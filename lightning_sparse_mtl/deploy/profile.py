@@ -2,7 +2,7 @@
 MACs (counted and effective), for eager PyTorch (forward hooks) and ONNX Runtime (its own node profiler).
 
 "other" is what runs outside the units: upsampling of the head outputs, output activations, layout reorders.
-The report is stored in the prune report (``load_pruned(p)["report"]["profile"]``, one entry per runtime).
+The report is stored in the prune report: ``load_pruned(p)["report"]["profiles"][runtime]`` (``["profile"]``: eager).
 """
 
 from __future__ import annotations

@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from lightning_sparse_mtl.deploy.profile import layer_profile, profile_units  # noqa: F401 - moved there
-
 if TYPE_CHECKING:
     from torch.utils import benchmark
 
