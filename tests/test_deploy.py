@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -153,7 +154,8 @@ def test_deploy_writes_verified_files_and_a_complete_speed_report(deployed) -> N
     assert {(r["runtime"], r["batch"]) for r in records} == {(rt, b) for rt in ("eager", "onnxruntime") for b in (1, 2)}
     for r in records:
         assert r["threads"] == 2 and r["input_size"] == list(SIZE) and r["device"] == "cpu"
-        assert r["speedup"] == pytest.approx(r["dense_ms"] / r["pruned_ms"])
+        ratios = [d / q for d, q in zip(r["dense_round_ms"], r["pruned_round_ms"])]
+        assert len(ratios) == r["rounds"] and r["speedup"] == pytest.approx(statistics.median(ratios))
         assert r["speedup_over_macs_ratio"] == pytest.approx(r["speedup"] / figures["pruned/macs_ratio"])
         eff = r["speedup"] / figures["pruned/macs_ratio_effective"]
         assert r["speedup_over_effective_macs_ratio"] == pytest.approx(eff)
@@ -267,12 +269,26 @@ def test_speed_table_and_profile_are_consistent() -> None:
 
     figures, records = speed_table({"eager": {"dense": eager_runner(net), "pruned": eager_runner(net)}}, SIZE, (1,),
                                    threads=1, macs_ratio=2.0, rounds=2, min_run_time=0.01)  # fmt: skip
-    assert len(records) == 1 and records[0]["blocks"] >= 2
+    assert len(records) == 1 and records[0]["blocks"] >= 2 and records[0]["rounds"] == 2
+    assert records[0]["speedup_iqr"] >= 0 and figures["pruned/eager/speedup_iqr_b1"] == records[0]["speedup_iqr"]
     assert figures["pruned/eager/speedup_over_macs_ratio_b1"] == pytest.approx(figures["pruned/eager/speedup_b1"] / 2)
     prof = layer_profile(net, torch.rand(2, 3, *SIZE), threads=1, repeats=3)
     assert {"encoder.stem", "encoder.layer1.0", "encoder.layer4.1", "heads.seg", "other", "total"} <= set(prof)
     units = sum(v for k, v in prof.items() if k not in ("total", "other"))
     assert 0 < units <= prof["total"] and prof["other"] == pytest.approx(prof["total"] - units)
+
+
+def test_paired_speedup_is_the_median_of_per_round_ratios() -> None:
+    from lightning_sparse_mtl.deploy.speed import paired_speedup
+
+    # machine load doubles both timings in round 2: pairing cancels it, a ratio of pooled medians would not
+    dense, pruned = [10.0, 20.0, 10.0, 10.0, 10.0], [2.0, 4.0, 2.5, 2.0, 5.0]
+    speedup, iqr = paired_speedup(dense, pruned)
+    assert speedup == pytest.approx(5.0)  # ratios 5, 5, 4, 5, 2
+    assert iqr == pytest.approx(1.0)  # inclusive quartiles of [2, 4, 5, 5, 5]: 4 and 5
+    assert paired_speedup([3.0], [1.5]) == (2.0, 0.0)
+    with pytest.raises(ValueError, match="equally many rounds"):
+        paired_speedup([1.0, 2.0], [1.0])
 
 
 def test_train_prune_block_reaches_prune_and_measure(train_cfg) -> None:

@@ -148,6 +148,7 @@ def headline(speed: dict, records: list[dict], batch_sizes: Sequence[int]) -> di
     best = min((r for r in records if r["batch"] == b), key=lambda r: r["pruned_ms"])
     out.update({"pruned/best_runtime": best["runtime"], "pruned/best_runtime_batch": b,
                 "pruned/best_runtime_speedup": best["speedup"],
+                "pruned/best_runtime_speedup_iqr": best.get("speedup_iqr", 0.0),
                 "pruned/best_runtime_speedup_over_macs_ratio": best["speedup_over_macs_ratio"]})  # fmt: skip
     if "speedup_over_effective_macs_ratio" in best:
         out["pruned/best_runtime_speedup_over_effective_macs_ratio"] = best["speedup_over_effective_macs_ratio"]
@@ -156,13 +157,15 @@ def headline(speed: dict, records: list[dict], batch_sizes: Sequence[int]) -> di
 
 def print_speed(records: list[dict], macs_ratio: float, effective_ratio: float | None = None) -> None:
     eff = f", effective {effective_ratio:.2f} (padding taps left out)" if effective_ratio else ""
-    table = Table(title=f"dense vs pruned (exact MACs ratio {macs_ratio:.2f}{eff}; median of interleaved blocks, IQR)")
-    cols = ["runtime", "batch", "dense ms (IQR)", "pruned ms (IQR)", "speedup", "speedup / MACs ratio"]
+    table = Table(title=f"dense vs pruned (exact MACs ratio {macs_ratio:.2f}{eff}; median of interleaved blocks, IQR;"
+                  " speedup: median over rounds of dense / pruned timed back to back)")  # fmt: skip
+    cols = ["runtime", "batch", "dense ms (IQR)", "pruned ms (IQR)", "speedup (IQR)", "speedup / MACs ratio"]
     for col in cols + (["speedup / effective"] if effective_ratio else []):
         table.add_column(col, justify="left" if col == "runtime" else "right")
     for r in records:
         extra = [f"{r['speedup_over_effective_macs_ratio']:.2f}"] if effective_ratio else []
         table.add_row(r["runtime"], str(r["batch"]), f"{r['dense_ms']:.2f} ({r['dense_iqr_ms']:.2f})",
-                      f"{r['pruned_ms']:.2f} ({r['pruned_iqr_ms']:.2f})", f"{r['speedup']:.2f}",
+                      f"{r['pruned_ms']:.2f} ({r['pruned_iqr_ms']:.2f})",
+                      f"{r['speedup']:.2f} ({r.get('speedup_iqr', 0.0):.2f})",
                       f"{r['speedup_over_macs_ratio']:.2f}", *extra)  # fmt: skip
     Console(width=200).print(table)
