@@ -18,7 +18,7 @@ from lightning_sparse_mtl.runs.config_dir import CONFIG_DIR  # not runs.configs:
 from lightning_sparse_mtl.runs.data_paths import measured_input_size, point_data_at
 from lightning_sparse_mtl.runs.errors import exit_on_user_error
 from lightning_sparse_mtl.runs.results import print_results, read_results, write_results
-from lightning_sparse_mtl.runs.validate import check_writable_file, require_ckpt_path
+from lightning_sparse_mtl.runs.validate import check_prune_options, check_writable_file, require_ckpt_path
 
 
 def prune_checkpoint(ckpt_path: str, output: str | None = None, data_root: str | None = None, **kwargs) -> dict | None:
@@ -49,18 +49,21 @@ def prune_checkpoint(ckpt_path: str, output: str | None = None, data_root: str |
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="prune")
 def main(cfg: DictConfig) -> None:
     exit_on_user_error(
-        lambda: prune_checkpoint(
-            require_ckpt_path(cfg, "prune"),
-            cfg.get("output"),
-            cfg.get("data_root"),
-            batch_sizes=list(cfg.batch_sizes),
-            repeats=cfg.repeats,
-            threads=cfg.threads,
-            round_to=cfg.round_to,
-            fold_bn=cfg.fold_bn,
-            channels_last=cfg.channels_last,
-            export=cfg.export,
-            min_run_time=cfg.min_run_time,
+        lambda: (
+            check_prune_options(cfg)
+            or prune_checkpoint(
+                require_ckpt_path(cfg, "prune"),
+                cfg.get("output"),
+                cfg.get("data_root"),
+                batch_sizes=list(cfg.batch_sizes),
+                repeats=cfg.repeats,
+                threads=cfg.threads,
+                round_to=cfg.round_to,
+                fold_bn=cfg.fold_bn,
+                channels_last=cfg.channels_last,
+                export=cfg.export,
+                min_run_time=cfg.min_run_time,
+            )
         )
     )
 

@@ -159,3 +159,29 @@ def test_zero_groups_in_checkpoint_are_exact(dense_run: Path, tmp_path: Path) ->
     zero = sum(int((group_norms(g.weight) == 0).sum()) for g in module.sparsity.groups)
     total = sum(g.num_groups for g in module.sparsity.groups)
     assert zero == sum(int(0.5 * g.num_groups) for g in module.sparsity.groups) and 0 < zero < total
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("batch_sizes=[]", "batch_sizes must be a non-empty list"),
+        ("batch_sizes=[0]", "batch_sizes[] must be an integer >= 1"),
+        ("threads=0", "threads must be an integer >= 1"),
+        ("repeats=0", "repeats must be an integer >= 1"),
+        ("round_to=abc", "round_to must be an integer >= 1, got 'abc'"),
+        ("round_to=-4", "round_to must be an integer >= 1"),
+        ("min_run_time=-1", "min_run_time must be a finite number > 0"),
+        ("fold_bn=maybe", "fold_bn must be true or false, got 'maybe'"),
+    ],
+)
+def test_bad_prune_option_is_one_line_error_before_any_work(option: str, message: str, tmp_path: Path) -> None:
+    """Each option of the prune command is checked before the checkpoint is read; nothing is written."""
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"not read: the options are checked first")
+    proc = subprocess.run([sys.executable, "-m", "lightning_sparse_mtl.prune", f"ckpt_path={ckpt}", option],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-1500:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in proc.stderr, proc.stderr[-800:]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["checkpoints", "last.ckpt", "run"]

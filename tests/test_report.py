@@ -221,3 +221,15 @@ def test_report_bad_input_is_one_line_error(tmp_path: Path, capsys: pytest.Captu
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1
+
+
+def test_sweep_without_a_dense_job_plots_raw_metrics(tmp_path: Path) -> None:
+    """No λ=0 job and no baselines: the Pareto panels plot each metric (depth included) instead of Δm. The
+    loop over configurations used to overwrite the run config the depth axis label reads (a traceback)."""
+    for i, lam in enumerate([1e-3, 3e-3]):
+        write_job(tmp_path, f"{i}", fake_results(lam, 0, 0.5 - lam, 50.0, **{"pruned/macs_ratio": 2.0 + i}),
+                  overrides=[f"lambda={lam}"])  # fmt: skip
+    out = report.write_report(tmp_path)
+    assert "pareto.png" not in out["skipped"] and len(out["summary"]) == 2
+    assert_png(tmp_path / "pareto.png")
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "report.csv").is_file()

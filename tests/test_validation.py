@@ -113,6 +113,13 @@ BAD_CONFIGS = [
     ("baselines={test/attr/acc:0.5}", "baselines share no metric with this run's tasks"),
     ("ckpt_path=/no/such.ckpt", "ckpt_path: file not found"),
     ("prune.latency_repeats=0", "prune.latency_repeats must be an integer >= 1"),
+    # the prune block is checked before training too (a bad value used to fail after fit and test)
+    ("prune.batch_sizes=[]", "prune.batch_sizes must be a non-empty list"),
+    ("prune.batch_sizes=[0]", r"prune.batch_sizes\[\] must be an integer >= 1"),
+    ("prune.round_to=0", "prune.round_to must be an integer >= 1"),
+    ("prune.min_run_time=0", "prune.min_run_time must be a finite number > 0"),
+    ("prune.fold_bn=maybe", "prune.fold_bn must be true or false"),
+    ("prune.threads=0", "prune.threads must be an integer >= 1"),
     ("callbacks.lr_monitor._target_=nope.Nope", "callbacks.lr_monitor._target_=nope.Nope cannot be imported"),
     # prox compatibility: the Adam-weighted prox needs Adam's second moments
     ("lambda=1e-3 optimizer._target_=torch.optim.SGD ~optimizer.betas", "sparsity.prox=adam .* needs optimizer"),

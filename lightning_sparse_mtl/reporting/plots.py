@@ -165,10 +165,10 @@ def plot_pareto(rows: Rows, summary: pd.DataFrame, path: Path, ys: Sequence[str]
             panel = _errorbar_panel(ax, rows, summary, x, y, fill)
             handles, names = panel if panel[0] else (handles, names)
             pts = []
-            for config in labels:
-                mx = _stat(summary, config, x)[0]
-                mx = fill.get(config, math.nan) if math.isnan(mx) else mx
-                pts.append((mx, sign * _stat(summary, config, y)[0]))
+            for name in labels:  # not `config`: that is the run config the axis labels below need
+                mx = _stat(summary, name, x)[0]
+                mx = fill.get(name, math.nan) if math.isnan(mx) else mx
+                pts.append((mx, sign * _stat(summary, name, y)[0]))
             front = pareto_front(pts)
             if front:
                 ax.scatter([pts[i][0] for i in front], [sign * pts[i][1] for i in front], s=160, facecolors="none",

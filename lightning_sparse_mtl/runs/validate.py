@@ -156,6 +156,27 @@ def check_writable_file(path: Any, key: str) -> Path:
     return p
 
 
+def check_prune_options(opts: Mapping[str, Any], prefix: str = "", repeats_key: str = "repeats") -> None:
+    """The speed-report and export options of ``prune`` (``prefix=""``) and of train's ``prune:`` block
+    (``prefix="prune."``, ``repeats_key="latency_repeats"``); keys that are absent keep their defaults."""
+    if opts.get("batch_sizes") is not None:
+        sizes = plain(opts["batch_sizes"])
+        if not isinstance(sizes, list) or not sizes:
+            raise UserError(f"{prefix}batch_sizes must be a non-empty list of batch sizes, got {sizes!r}; "
+                            f"e.g. {prefix}batch_sizes=[1,8,32]")  # fmt: skip
+        for b in sizes:
+            check_int(f"{prefix}batch_sizes[]", b, 1, example="[1,8,32]")
+    ints = {repeats_key: 5, "threads": 2, "round_to": 8}
+    for key, example in ints.items():
+        if opts.get(key) is not None:
+            check_int(prefix + key, opts[key], 1, example=example)
+    for key in ("fold_bn", "channels_last", "export", "after_train"):
+        if opts.get(key) is not None:
+            check_bool(prefix + key, opts[key])
+    if opts.get("min_run_time") is not None:
+        check_number(prefix + "min_run_time", opts["min_run_time"], 0, lo_open=True, example=0.2)
+
+
 def require_ckpt_path(cfg: Any, command: str) -> str:
     """``ckpt_path`` of prune/evaluate: set, a string, an existing file."""
     value = get(cfg, "ckpt_path") if not OmegaConf.is_missing(cfg, "ckpt_path") else None

@@ -17,6 +17,7 @@ from lightning_sparse_mtl.runs.validate import (
     check_int,
     check_number,
     check_optional_file,
+    check_prune_options,
     check_regexes,
     get,
     instantiate_checked,
@@ -52,9 +53,7 @@ def validate_train_config(cfg: Any) -> list[str]:
         raise UserError("test_ckpt=best needs a monitored metric: callbacks.model_checkpoint.monitor=val/seg/miou "
                         "(and callbacks.model_checkpoint.mode=max), or test_ckpt=last")  # fmt: skip
     check_baselines_and_metric(cfg, specs)
-    prune = get(cfg, "prune") or {}
-    check_bool("prune.after_train", prune.get("after_train", True))
-    check_int("prune.latency_repeats", prune.get("latency_repeats", 10), 1, example=10)
+    check_prune_options(get(cfg, "prune") or {}, "prune.", "latency_repeats")
     for group in ("callbacks", "logger"):  # not resolved: their paths interpolate ${hydra:runtime.output_dir}
         nodes = cfg.get(group) if hasattr(cfg, "get") else None
         for name in list(nodes or {}):
