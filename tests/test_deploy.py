@@ -147,6 +147,8 @@ def test_deploy_writes_verified_files_and_a_complete_speed_report(deployed) -> N
     run_dir, figures, _ = deployed
     for name in ("pruned.pt", "pruned.pt2", "pruned.onnx", "dense.onnx"):
         assert (run_dir / name).is_file(), name
+    assert figures["pruned/onnx_path"] == str(run_dir / "pruned.onnx")  # the final place, not the staging folder
+    assert figures["dense/onnx_path"] == str(run_dir / "dense.onnx") and len(list(run_dir.iterdir())) == 4
     for key in ("pruned/pt2_max_abs_diff", "pruned/onnx_max_abs_diff", "dense/onnx_max_abs_diff",
                 "pruned/inference_form_max_abs_diff", "pruned/max_abs_diff"):  # fmt: skip
         assert figures[key] <= 1e-4, key
@@ -342,3 +344,32 @@ def test_bench_inference_rows_carry_both_mac_ratios() -> None:
         assert r["macs_ratio"] == pytest.approx(ratio) and r["macs_ratio_effective"] == pytest.approx(effective)
         assert r["speedup_over_effective_macs_ratio"] == pytest.approx(r["speedup"] / effective)
     assert "| tiny | folded+round8+channels_last | onnxruntime | 1 |" in bench.markdown(records)
+
+
+def test_failed_prune_keeps_the_earlier_exports_and_export_false_removes_them(deployed, tmp_path, monkeypatch) -> None:
+    """Exports are staged and moved into place only with pruned.pt: a prune that fails after exporting (here: in
+    timing) leaves the earlier files byte for byte; a later export=false prune removes exports it did not write."""
+    import shutil
+
+    from lightning_sparse_mtl.deploy import compact
+    from lightning_sparse_mtl.runs.errors import UserError
+
+    src, _, module = deployed
+    names = ("pruned.pt", "pruned.pt2", "pruned.onnx", "dense.onnx")
+    for name in names:
+        shutil.copy(src / name, tmp_path / name)
+    before = {n: (tmp_path / n).read_bytes() for n in names}
+
+    def fail(*args, **kwargs):
+        raise UserError("timing failed")
+
+    with monkeypatch.context() as m:
+        m.setattr(compact, "speed_table", fail)
+        with pytest.raises(UserError, match="timing failed"):
+            prune_and_measure(module, tmp_path / "pruned.pt", batch_sizes=(1,), repeats=1, min_run_time=0.01)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)  # no staging folder left
+    assert all((tmp_path / n).read_bytes() == before[n] for n in names)
+    figures = prune_and_measure(module, tmp_path / "pruned.pt", batch_sizes=(1,), repeats=1, min_run_time=0.01,
+                                export=False, profile=False)  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned.pt"]
+    assert "pruned/onnx_path" not in figures and (tmp_path / "pruned.pt").read_bytes() != before["pruned.pt"]

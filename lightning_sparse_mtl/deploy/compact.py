@@ -9,6 +9,8 @@ dense net on random input (max abs diff <= 1e-4).
 from __future__ import annotations
 
 import copy
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,21 +47,28 @@ def prune_copy(dense: torch.nn.Module, size: tuple[int, int], round_to: int = 1)
     return pruned, report
 
 
+def export_paths(output: Path) -> dict[str, Path]:
+    """Where a prune to ``output`` (``<dir>/pruned.pt``) puts its exports: ``{figure key: path}``."""
+    return {"pruned/pt2_path": output.with_suffix(".pt2"), "pruned/onnx_path": output.with_suffix(".onnx"),
+            "dense/onnx_path": output.parent / "dense.onnx"}  # fmt: skip
+
+
 def _exports(dense_inf, pruned_inf, dense, output: Path, size, tasks: Sequence[str]) -> dict[str, str | float]:
     inputs = [torch.rand(2, 3, *size), torch.rand(3, 3, *size)]
+    paths = export_paths(output)
     out: dict[str, str | float] = {}
     try:
-        out["pruned/pt2_max_abs_diff"] = ex.export_pt2(pruned_inf, output.with_suffix(".pt2"), inputs, dense, ATOL)
+        out["pruned/pt2_max_abs_diff"] = ex.export_pt2(pruned_inf, paths["pruned/pt2_path"], inputs, dense, ATOL)
+        out["pruned/pt2_path"] = str(paths["pruned/pt2_path"])
         if ex.onnx_available():
-            onnx_pruned, onnx_dense = output.with_suffix(".onnx"), output.parent / "dense.onnx"
-            out["pruned/onnx_max_abs_diff"] = ex.export_onnx(pruned_inf, onnx_pruned, inputs, tasks, dense, ATOL)
-            out["dense/onnx_max_abs_diff"] = ex.export_onnx(dense_inf, onnx_dense, inputs, tasks, dense, ATOL)
-            out["pruned/onnx_path"], out["dense/onnx_path"] = str(onnx_pruned), str(onnx_dense)
+            for k, model in (("pruned", pruned_inf), ("dense", dense_inf)):
+                path = paths[f"{k}/onnx_path"]
+                out[f"{k}/onnx_max_abs_diff"] = ex.export_onnx(model, path, inputs, tasks, dense, ATOL)
+                out[f"{k}/onnx_path"] = str(path)
         else:
             print("ONNX export skipped: install the [deploy] extra (onnx, onnxruntime) for pruned.onnx / dense.onnx")
     except ex.ExportError as err:
         raise UserError(str(err)) from None
-    out["pruned/pt2_path"] = str(output.with_suffix(".pt2"))
     return out
 
 
@@ -114,22 +123,40 @@ def prune_and_measure(
     if not diff <= ATOL:
         raise UserError(f"the inference form of the pruned model differs from the dense model by {diff:.3g}")
     figures.update({"speed/fold_bn": fold_bn, "speed/channels_last": channels_last})
-    files = _exports(dense_inf, pruned_inf, dense, output, size, list(dense.tasks)) if export else {}
-    figures.update(files)
-    speed, records = speed_table(_runners(dense_inf, pruned_inf, files, threads), size, batch_sizes, threads,
-                                 figures["pruned/macs_ratio"], repeats, min_run_time,
-                                 figures["pruned/macs_ratio_effective"])  # fmt: skip
-    figures.update(speed)
-    figures.update(headline(speed, records, batch_sizes))
-    figures["speed/records"] = records
-    figures.update({"speed/threads": threads, "speed/input_size": list(size), "speed/device": "cpu"})
-    prune_report = {**report.to_dict(), **{k: v for k, v in figures.items() if k != "speed/records"}}
-    if profile:
-        onnx_paths = {k: files[f"{k}/onnx_path"] for k in ("dense", "pruned")} if "pruned/onnx_path" in files else None
-        profiles = profile_report(dense_inf, pruned_inf, size, threads, onnx_paths)
-        prune_report["profile"], prune_report["profiles"] = profiles["eager"], profiles
-        print_profile(profiles)
-    save_pruned(output, pruned, module.cfg, prune_report)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    final = export_paths(output)
+    # exports are written to a staging folder beside the output and moved into place only once pruned.pt is saved:
+    # a prune that fails (timing, profiling, saving) leaves the files of an earlier prune as they were
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.exports-") as stage:
+        files = (
+            _exports(dense_inf, pruned_inf, dense, Path(stage) / output.name, size, list(dense.tasks)) if export else {}
+        )
+        figures.update(files)
+        speed, records = speed_table(_runners(dense_inf, pruned_inf, files, threads), size, batch_sizes, threads,
+                                     figures["pruned/macs_ratio"], repeats, min_run_time,
+                                     figures["pruned/macs_ratio_effective"])  # fmt: skip
+        figures.update(speed)
+        figures.update(headline(speed, records, batch_sizes))
+        figures["speed/records"] = records
+        devices = ",".join(sorted({r["device"] for r in records}))
+        figures.update({"speed/threads": threads, "speed/input_size": list(size), "speed/device": devices})
+        staged = {k: files[k] for k in final if k in files}
+        figures.update({k: str(final[k]) for k in staged})
+        prune_report = {**report.to_dict(), **{k: v for k, v in figures.items() if k != "speed/records"}}
+        if profile:
+            onnx_paths = (
+                {k: staged[f"{k}/onnx_path"] for k in ("dense", "pruned")} if staged.get("pruned/onnx_path") else None
+            )
+            profiles = profile_report(dense_inf, pruned_inf, size, threads, onnx_paths)
+            prune_report["profile"], prune_report["profiles"] = profiles["eager"], profiles
+            print_profile(profiles)
+        save_pruned(output, pruned, module.cfg, prune_report)
+        for key, path in final.items():  # the file set now matches pruned.pt: stale exports of an earlier prune go
+            if key in staged:
+                os.replace(staged[key], path)
+            elif path.is_file():
+                path.unlink()
+                print(f"removed {path}: an export of an earlier prune that this one did not write")
     figures["pruned/path"] = str(output.resolve())
     print_speed(records, figures["pruned/macs_ratio"], figures["pruned/macs_ratio_effective"])
     return figures
