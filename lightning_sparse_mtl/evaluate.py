@@ -15,10 +15,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_sparse_mtl.runs.configs import CONFIG_DIR
-from lightning_sparse_mtl.runs.errors import exit_on_user_error
+from lightning_sparse_mtl.runs.data_paths import point_data_at
+from lightning_sparse_mtl.runs.errors import UserError, exit_on_user_error
 from lightning_sparse_mtl.runs.logfile import quiet_known_noise
 from lightning_sparse_mtl.runs.results import print_results, to_jsonable, write_results
-from lightning_sparse_mtl.runs.validate import check_writable_file, require_ckpt_path
+from lightning_sparse_mtl.runs.validate import check_folder, check_int, check_writable_file, require_ckpt_path
+from lightning_sparse_mtl.runs.validate_train import check_trainer
 
 
 def evaluate(
@@ -30,15 +32,17 @@ def evaluate(
     from lightning_sparse_mtl.runs.checkpoints import load_any
 
     module = load_any(ckpt_path)
+    point_data_at(module.cfg, data_root)
     data_cfg = dict(module.cfg["data"])
-    if data_root is not None:
-        data_cfg["root"] = data_root
     if batch_size is not None:
         data_cfg["eval_batch_size"] = batch_size
     datamodule = instantiate(data_cfg)
     kwargs = {"enable_model_summary": False, **(trainer_kwargs or {}), "logger": False, "enable_checkpointing": False}
     trainer = L.Trainer(**kwargs)
-    metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    results = trainer.test(module, datamodule=datamodule, verbose=False)
+    if not results:
+        raise UserError("the test loop returned no metrics (no test batch ran); check trainer.limit_test_batches")
+    metrics = results[0]
     return {k: float(v) for k, v in sorted(metrics.items()) if k.startswith("test/") and k != "test/loss"}
 
 
@@ -51,6 +55,11 @@ def main(cfg: DictConfig) -> None:
         if cfg.get("output"):
             check_writable_file(cfg.output, "output")  # before the test loop, not after
         trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k != "_target_"}
+        check_trainer(trainer)
+        if cfg.get("batch_size") is not None:
+            check_int("batch_size", cfg.batch_size, 1, example=32)
+        if cfg.get("data_root") is not None:
+            check_folder("data_root", cfg.data_root)
         metrics = evaluate(ckpt_path, cfg.get("data_root"), cfg.get("batch_size"), trainer)
         print_results(metrics, title=f"test metrics of {cfg.ckpt_path}")
         if cfg.get("output"):

@@ -185,3 +185,41 @@ def test_bad_prune_option_is_one_line_error_before_any_work(option: str, message
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in proc.stderr, proc.stderr[-800:]
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["checkpoints", "last.ckpt", "run"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["batch_size=-3"], "batch_size must be an integer >= 1"),
+        (["batch_size=0"], "batch_size must be an integer >= 1"),  # was ignored (eval batch size 100)
+        (["trainer.limit_test_batches=0"], "trainer.limit_test_batches=0 runs no test batch"),
+        (["trainer.accelerator=gpu"], "no CUDA GPU is visible"),
+        (["data_root=/no/such/folder"], "data_root=/no/such/folder is not a folder"),
+    ],
+)
+def test_bad_evaluate_option_is_one_line_error(
+    options: list[str], message: str, dense_run: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import importlib
+
+    if "accelerator=gpu" in options[0] and torch.cuda.is_available():
+        pytest.skip("a GPU is visible: accelerator=gpu is valid here")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["evaluate", f"ckpt_path={dense_run / 'checkpoints' / 'last.ckpt'}", *options])
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module("lightning_sparse_mtl.evaluate").main()
+    assert exit_.value.code == 2
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], errors
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_data_root_for_a_built_in_dataset_is_one_line_error(dense_run: Path, tmp_path: Path) -> None:
+    """The digits dataset reads no folder: data_root is refused by name (it used to be a TypeError traceback)."""
+    from lightning_sparse_mtl.runs.errors import UserError
+
+    with pytest.raises(UserError, match=r"dataset \(DigitScenes\) reads no data folder .* drop data_root"):
+        evaluate(str(dense_run / "checkpoints" / "last.ckpt"), data_root=str(tmp_path))
+    with pytest.raises(UserError, match="reads no data folder"):
+        prune_checkpoint(str(dense_run / "checkpoints" / "last.ckpt"), str(tmp_path / "p.pt"), str(tmp_path))
+    assert list(tmp_path.iterdir()) == []

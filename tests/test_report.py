@@ -233,3 +233,37 @@ def test_sweep_without_a_dense_job_plots_raw_metrics(tmp_path: Path) -> None:
     assert "pareto.png" not in out["skipped"] and len(out["summary"]) == 2
     assert_png(tmp_path / "pareto.png")
     assert (tmp_path / "report.md").is_file() and (tmp_path / "report.csv").is_file()
+
+
+def test_report_out_that_cannot_be_written_is_one_line_error(tmp_path: Path, capsys, monkeypatch) -> None:
+    write_job(tmp_path, "0", fake_results(0.0, 0, 0.7, 0.0), overrides=["lambda=0"])
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit) as exc:
+        report.main([str(tmp_path), "--out", str(blocker)])
+    assert exc.value.code == 2 and "is a file" in capsys.readouterr().err
+    # a folder the process may not write in (os.access says yes to root: a real file is created to be sure)
+    import tempfile
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", denied)
+    with pytest.raises(SystemExit) as exc:
+        report.main([str(tmp_path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and err.startswith("error: --out") and "Permission denied" in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "report.md").exists()
+
+
+def test_zero_in_the_dense_reference_leaves_that_metric_out_of_delta_m(tmp_path: Path, capsys) -> None:
+    """The sweep's own λ=0 job is the Δm reference; a metric of 0 there (a weak early model) used to stop the
+    whole report with "give a non-zero value", which the user cannot act on."""
+    dense = fake_results(0.0, 0, 0.5, 0.0)
+    dense["test/depth/abs_err"] = 0.0
+    write_job(tmp_path, "0", dense, overrides=["lambda=0"])
+    write_job(tmp_path, "1", fake_results(1e-3, 0, 0.4, 50.0), overrides=["lambda=0.001"])
+    out = report.write_report(tmp_path)
+    rows = {r["lambda"]: r for r in out["rows"]}
+    assert rows[1e-3]["delta_m_vs_dense"] == pytest.approx((0.4 - 0.5) / 0.5 * 100)  # seg miou alone
+    assert "leaves out test/depth/abs_err" in capsys.readouterr().out

@@ -29,7 +29,7 @@ from lightning_sparse_mtl.reporting.summary import add_delta_m, load_stl_baselin
 from lightning_sparse_mtl.reporting.summary_tables import summary_markdown
 from lightning_sparse_mtl.runs.atomic_io import atomic_write_text
 from lightning_sparse_mtl.runs.errors import UserError, exit_on_user_error
-from lightning_sparse_mtl.runs.validate import check_results_shape
+from lightning_sparse_mtl.runs.validate import check_results_shape, check_writable_dir
 
 RESULTS = "results.json"
 SKIP_DIRS = {"wandb", "checkpoints", "csv", "predictions", "__pycache__"}
@@ -254,7 +254,7 @@ def write_report(
     stl = load_stl_baselines(baselines) if baselines else None
     rows, failed, notes = collect_with_notes(root)
     deltas = add_delta_m(rows, stl)
-    out = Path(out if out is not None else root)
+    out = check_writable_dir(out if out is not None else root, "--out")
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(rows, value_columns(rows))
     plots = make_plots(rows, summary, out, metric_columns(rows), deltas) if rows else {}

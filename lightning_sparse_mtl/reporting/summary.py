@@ -89,9 +89,13 @@ def add_delta_m(rows: list[dict[str, Any]], baselines: Mapping[str, float] | Non
                 ref.setdefault(key, []).append(value)
     dense_refs = {sig: {k: float(np.mean(v)) for k, v in ref.items()} for sig, ref in groups.items()}
     added = set()
+    zero = sorted({k for ref in dense_refs.values() for k, v in ref.items() if v == 0})
+    if zero:  # the sweep's own λ=0 runs are the reference: a 0 there (an early, weak model) cannot be divided by
+        print(f"Δm vs dense leaves out {', '.join(zero)}: the λ=0 runs' value is 0 (Δm divides by the baseline)")
     for row in rows:
         metrics = _metrics(row)
-        refs = {"delta_m_vs_dense": dense_refs.get(row.get("_signature"))}
+        dense_ref = dense_refs.get(row.get("_signature"))
+        refs = {"delta_m_vs_dense": {k: v for k, v in dense_ref.items() if v != 0} if dense_ref else None}
         if baselines:
             refs["delta_m_vs_stl"] = dict(baselines)
         for column, ref in refs.items():

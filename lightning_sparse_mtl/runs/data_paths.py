@@ -13,8 +13,13 @@ def point_data_at(cfg: dict, data_root: str | None = None) -> dict:
     if data_root is not None:
         if not isinstance(data_root, str) or not Path(data_root).expanduser().is_dir():
             raise UserError(f"data_root={data_root} is not a folder; give the folder that now holds the dataset")
+        dataset = data.get("dataset") if isinstance(data.get("dataset"), dict) else {}
+        if "root" not in data and "root" not in dataset:
+            name = str(dataset.get("_target_", "this dataset")).rpartition(".")[2]
+            raise UserError(f"data_root={data_root}: the checkpoint's dataset ({name}) reads no data folder "
+                            "(it is built in); drop data_root")  # fmt: skip
         data["root"] = data_root
-        if isinstance(data.get("dataset"), dict) and "root" in data["dataset"]:
+        if "root" in dataset:
             data["dataset"]["root"] = data_root
     return cfg
 

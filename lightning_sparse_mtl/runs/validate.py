@@ -12,6 +12,7 @@ import inspect
 import math
 import os
 import re
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -128,8 +129,15 @@ def check_optional_file(key: str, value: Any) -> None:
         raise UserError(f"{key}: file not found: {value}; give an existing file or {key}=null")
 
 
+def check_folder(key: str, value: Any) -> Path:
+    """``value`` is the path of an existing folder."""
+    if not isinstance(value, str | os.PathLike) or not Path(value).expanduser().is_dir():
+        raise UserError(f"{key}={value} is not a folder; give the folder that now holds the dataset")
+    return Path(value).expanduser()
+
+
 def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
-    """``path`` is (or can be created as) a directory this process may write into; nothing is created."""
+    """``path`` is (or can be created as) a directory this process may write into; nothing is left behind."""
     path = Path(path).expanduser().absolute()
     probe = path
     while not probe.exists():
@@ -140,6 +148,11 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
         raise UserError(f"{what} {path} cannot be created: {probe} is a file; choose another path")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UserError(f"{what} {path} is not writable ({probe} denies writing); choose a writable path")
+    try:  # os.access says yes to root everywhere: create (and at once delete) a real file to be sure
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise UserError(f"{what} {path} is not writable ({probe}: {err.strerror}); choose a writable path") from None
     return path
 
 

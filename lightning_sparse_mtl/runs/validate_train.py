@@ -225,6 +225,9 @@ def check_trainer(tr: Mapping) -> None:
         raise UserError(f"trainer.precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if not isinstance(tr.get("accelerator", "auto"), str) or tr.get("accelerator", "auto") not in ACCELERATORS:
         raise UserError(f"trainer.accelerator must be one of {', '.join(ACCELERATORS)}; got {tr.get('accelerator')!r}")
+    if tr.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(f"trainer.accelerator={tr['accelerator']} but no CUDA GPU is visible "
+                        "(torch.cuda.is_available() is False); use trainer.accelerator=cpu or auto")  # fmt: skip
     devices = tr.get("devices", "auto")
     if not (devices == "auto" or (isinstance(devices, int) and not isinstance(devices, bool) and devices >= -1
             and devices != 0) or (isinstance(devices, list) and all(isinstance(d, int) for d in devices) and devices)
