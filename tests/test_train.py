@@ -95,6 +95,8 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         ("tasks=[seg,colour]", "unknown task 'colour'; valid: depth, disparity, normal, seg"),
         ("tasks=[seg,seg]", "tasks has duplicates: seg"),
         ("model.encoder=resnet9000", "unknown encoder 'resnet9000'; valid: "),
+        ("model.encoder=resnet81", "(close: resnet18"),
+        ("model.encoder=vgg11", "encoder 'vgg11' cannot be built at model.output_stride=8"),  # no dilated mode
         ("model.head=mlp", "unknown head 'mlp'; valid: aspp, conv, skip"),
     ],
 )
@@ -104,7 +106,7 @@ def test_bad_input_is_one_line_error(override: str, message: str, tmp_path: Path
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "run" / "results.json").exists()
+    assert not (tmp_path / "run").exists()  # refused before Hydra writes .hydra/ and the log (RunGuard)
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (Path(CONFIG_DIR) / "sparsity").glob("*.yaml")))

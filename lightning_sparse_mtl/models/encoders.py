@@ -16,7 +16,7 @@ from segmentation_models_pytorch.encoders import get_encoder
 from torch import nn
 
 from lightning_sparse_mtl.models.pretrained import load_pretrained
-from lightning_sparse_mtl.runs.errors import UserError, unknown_name
+from lightning_sparse_mtl.runs.errors import UserError
 
 OUTPUT_STRIDES = (8, 16, 32)
 TIMM_PREFIX = "tu-"
@@ -37,7 +37,10 @@ def check_encoder_name(name: object) -> str:
         hint = f" (did you mean {', '.join(TIMM_PREFIX + c for c in close)}?)" if close else ""
         raise UserError(f"unknown encoder {name!r}: {model!r} is not in timm.list_models(){hint}")
     if not isinstance(name, str) or name not in SMP_ENCODERS:
-        raise unknown_name("encoder", name, [*encoder_names(), "tu-<any timm.list_models() name>"])
+        close = difflib.get_close_matches(str(name), encoder_names(), n=3, cutoff=0.6)
+        hint = f"close: {', '.join(close)}; " if close else ""
+        raise UserError(f"unknown encoder {name!r}; valid: an smp encoder ({hint}all {len(SMP_ENCODERS)}: "
+                        "models.encoders.encoder_names()) or tu-<any timm.list_models() name>")  # fmt: skip
     return name
 
 

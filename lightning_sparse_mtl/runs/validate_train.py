@@ -100,6 +100,10 @@ def check_model(cfg: Any, specs: list) -> None:
     if not isinstance(model.get("encoder"), str):
         raise UserError(f"model.encoder must be an encoder name, got {model.get('encoder')!r}")
     check_choice("model.output_stride", model.get("output_stride", 32), (8, 16, 32))
+    from lightning_sparse_mtl.models.encoders import build_encoder
+
+    with torch.device("meta"):  # name and dilation checked before the run dir exists: no memory, no weights
+        build_encoder(model["encoder"], model.get("output_stride", 32))
     DENSE_HEADS.get(model.get("head", "conv"))  # "unknown head 'x'; valid: ..." (the registry's message)
     check_int("model.head_channels", model.get("head_channels", 64), 1, example=64)
     overrides = model.get("head_overrides")
