@@ -373,3 +373,12 @@ def test_failed_prune_keeps_the_earlier_exports_and_export_false_removes_them(de
                                 export=False, profile=False)  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned.pt"]
     assert "pruned/onnx_path" not in figures and (tmp_path / "pruned.pt").read_bytes() != before["pruned.pt"]
+
+
+def test_round_to_wider_than_the_layers_warns(deployed, tmp_path, capsys) -> None:
+    """round_to=1000 keeps every channel (the rounded model is the dense one): said, not silent."""
+    _, _, module = deployed
+    figures = prune_and_measure(module, tmp_path / "pruned.pt", batch_sizes=(1,), repeats=1, min_run_time=0.01,
+                                round_to=1000, export=False, profile=False)  # fmt: skip
+    assert figures["pruned/macs_rounded"] == figures["dense/macs"] > figures["pruned/macs"]
+    assert "warning: round_to=1000 gives back 100% of the MACs pruning removed" in capsys.readouterr().out

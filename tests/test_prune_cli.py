@@ -223,3 +223,20 @@ def test_data_root_for_a_built_in_dataset_is_one_line_error(dense_run: Path, tmp
     with pytest.raises(UserError, match="reads no data folder"):
         prune_checkpoint(str(dense_run / "checkpoints" / "last.ckpt"), str(tmp_path / "p.pt"), str(tmp_path))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_wrong_kind_of_model_file_is_named(tmp_path: Path) -> None:
+    """A pruned model given to prune, an export given to evaluate: the message says what the file is."""
+    from lightning_sparse_mtl.runs.checkpoints import PRUNED_FORMAT
+    from lightning_sparse_mtl.runs.errors import UserError
+
+    pruned = tmp_path / "pruned.pt"
+    torch.save({"format": PRUNED_FORMAT, "config": {}, "state_dict": {}}, pruned)
+    with pytest.raises(UserError, match="is already a pruned model; pass the training checkpoint"):
+        prune_checkpoint(str(pruned), str(tmp_path / "out.pt"))
+    for suffix, loader in ((".onnx", "onnxruntime.InferenceSession"), (".pt2", "torch.export.load")):
+        export = tmp_path / f"pruned{suffix}"
+        export.write_bytes(b"\x08\x07")
+        with pytest.raises(UserError, match=f"is a deployment export \\(load it with {loader}"):
+            evaluate(str(export))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned.onnx", "pruned.pt", "pruned.pt2"]

@@ -24,12 +24,21 @@ def _torch_load(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}; pass ckpt_path=<run dir>/checkpoints/last.ckpt")
+    _refuse_export(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, AttributeError) as err:
         raise UserError(
             f"cannot read {path} as a torch file ({type(err).__name__}); is it truncated or foreign?"
         ) from None
+
+
+def _refuse_export(path: Path) -> None:
+    """A deployment export given where a checkpoint is read: say what it is and what to pass instead."""
+    loaders = {".pt2": "torch.export.load(p).module()", ".onnx": "onnxruntime.InferenceSession(p)"}
+    if path.suffix in loaders:
+        raise UserError(f"{path} is a deployment export (load it with {loaders[path.suffix]}); pass the training "
+                        "checkpoint <run>/checkpoints/last.ckpt or the pruned model <run>/pruned.pt")  # fmt: skip
 
 
 def is_pruned_file(obj: Any) -> bool:
@@ -40,6 +49,9 @@ def load_module(path: str | os.PathLike):
     """A SparseMTLModule restored from a Lightning checkpoint of this project (weights, config, sparsity masks)."""
     ckpt = _torch_load(path)
     cfg = ckpt.get("hyper_parameters", {}).get("cfg") if isinstance(ckpt, dict) else None
+    if is_pruned_file(ckpt):
+        raise UserError(f"{path} is already a pruned model; pass the training checkpoint it came from: "
+                        "ckpt_path=<run>/checkpoints/last.ckpt")  # fmt: skip
     if not isinstance(cfg, dict) or "state_dict" not in ckpt:
         raise UserError(f"{path} is not a lightning-sparse-mtl training checkpoint (no config inside)")
     from lightning_sparse_mtl.models.pretrained import restoring  # imported once the file is known good: Lightning
@@ -114,6 +126,7 @@ def _read(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}; pass ckpt_path=<run dir>/checkpoints/last.ckpt")
+    _refuse_export(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # not plain data: an old whole-module pruned file, or a foreign pickle
