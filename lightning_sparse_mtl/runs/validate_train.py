@@ -65,6 +65,23 @@ def validate_train_config(cfg: Any) -> list[str]:
     return tasks
 
 
+def check_encoder_builds(name: str, output_stride: int) -> None:
+    """Name and dilation checked before the run dir exists: built on the meta device (no memory, no weights);
+    an encoder whose constructor reads tensor values (``mit_b0``: ``.item()``) is built for real instead."""
+    from lightning_sparse_mtl.models.encoders import build_encoder
+
+    try:
+        with torch.device("meta"):
+            build_encoder(name, output_stride)
+        return
+    except UserError as err:
+        if "meta" not in str(err):
+            raise
+    except Exception:  # noqa: BLE001 - any meta-device failure: the real build below gives the verdict
+        pass
+    build_encoder(name, output_stride)
+
+
 def check_tasks(cfg: Any) -> list:
     from lightning_sparse_mtl.mtl.tasks import build_tasks
 
@@ -100,10 +117,7 @@ def check_model(cfg: Any, specs: list) -> None:
     if not isinstance(model.get("encoder"), str):
         raise UserError(f"model.encoder must be an encoder name, got {model.get('encoder')!r}")
     check_choice("model.output_stride", model.get("output_stride", 32), (8, 16, 32))
-    from lightning_sparse_mtl.models.encoders import build_encoder
-
-    with torch.device("meta"):  # name and dilation checked before the run dir exists: no memory, no weights
-        build_encoder(model["encoder"], model.get("output_stride", 32))
+    check_encoder_builds(model["encoder"], model.get("output_stride", 32))
     DENSE_HEADS.get(model.get("head", "conv"))  # "unknown head 'x'; valid: ..." (the registry's message)
     check_int("model.head_channels", model.get("head_channels", 64), 1, example=64)
     overrides = model.get("head_overrides")
