@@ -174,16 +174,30 @@ def test_zero_groups_in_checkpoint_are_exact(dense_run: Path, tmp_path: Path) ->
         ("fold_bn=maybe", "fold_bn must be true or false, got 'maybe'"),
     ],
 )
-def test_bad_prune_option_is_one_line_error_before_any_work(option: str, message: str, tmp_path: Path) -> None:
-    """Each option of the prune command is checked before the checkpoint is read; nothing is written."""
+def test_bad_prune_option_is_one_line_error_before_any_work(
+    option: str, message: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Each option of the prune command is checked before the checkpoint is read; nothing is written (in-process;
+    the first case also as a real process: exit status, stderr, no traceback)."""
+    import importlib
+
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"not read: the options are checked first")
-    proc = subprocess.run([sys.executable, "-m", "lightning_sparse_mtl.prune", f"ckpt_path={ckpt}", option],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert proc.returncode == 2, proc.stderr[-1500:]
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0] and "Traceback" not in proc.stderr, proc.stderr[-800:]
+    if option == "batch_sizes=[]":
+        proc = subprocess.run([sys.executable, "-m", "lightning_sparse_mtl.prune", f"ckpt_path={ckpt}", option],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
+        err = proc.stderr
+    else:
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(sys, "argv", ["prune", f"ckpt_path={ckpt}", option])
+        with pytest.raises(SystemExit) as exit_:
+            importlib.import_module("lightning_sparse_mtl.prune").main()
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], err[-800:]
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["checkpoints", "last.ckpt", "run"]
 
 

@@ -101,6 +101,8 @@ BAD_CONFIGS = [
     ("sparsity.exclude=['layer[1']", "invalid regular expression"),
     ("weighting=dwa weighting.temperature=0", "weighting.temperature must be a finite number > 0"),
     ("model.output_stride=7", "model.output_stride must be one of 8, 16, 32"),
+    ("model.encoder=resnet81", r"\(close: resnet18"),  # close matches, not ~100 names
+    ("model.encoder=vgg11", "encoder 'vgg11' cannot be built at model.output_stride=8"),  # no dilated mode
     ("model.head=mlp", "unknown head 'mlp'; valid: aspp, conv, skip"),
     ("model.head_channels=0", "model.head_channels must be an integer >= 1"),
     ("model.weights=/no/such/file.pt", "model.weights: file not found"),
