@@ -48,24 +48,15 @@ def prune_checkpoint(ckpt_path: str, output: str | None = None, data_root: str |
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="prune")
 def main(cfg: DictConfig) -> None:
-    exit_on_user_error(
-        lambda: (
-            check_prune_options(cfg)
-            or prune_checkpoint(
-                require_ckpt_path(cfg, "prune"),
-                cfg.get("output"),
-                cfg.get("data_root"),
-                batch_sizes=list(cfg.batch_sizes),
-                repeats=cfg.repeats,
-                threads=cfg.threads,
-                round_to=cfg.round_to,
-                fold_bn=cfg.fold_bn,
-                channels_last=cfg.channels_last,
-                export=cfg.export,
-                min_run_time=cfg.min_run_time,
-            )
-        )
-    )
+    def run() -> None:
+        check_prune_options(cfg)  # every option before the checkpoint is read
+        prune_checkpoint(
+            require_ckpt_path(cfg, "prune"), cfg.get("output"), cfg.get("data_root"),
+            batch_sizes=list(cfg.batch_sizes), repeats=cfg.repeats, threads=cfg.threads, round_to=cfg.round_to,
+            fold_bn=cfg.fold_bn, channels_last=cfg.channels_last, export=cfg.export, min_run_time=cfg.min_run_time,
+        )  # fmt: skip
+
+    exit_on_user_error(run)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,17 @@ def export_paths(output: Path) -> dict[str, Path]:
             "dense/onnx_path": output.parent / "dense.onnx"}  # fmt: skip
 
 
+def _publish(staged: dict[str, str], final: dict[str, Path]) -> None:
+    """Move the staged exports to their final paths; remove exports of an earlier prune that this one did not
+    write, so the file set on disk belongs to one prune."""
+    for key, path in final.items():
+        if key in staged:
+            os.replace(staged[key], path)
+        elif path.is_file():
+            path.unlink()
+            print(f"removed {path}: an export of an earlier prune that this one did not write")
+
+
 def _exports(dense_inf, pruned_inf, dense, output: Path, size, tasks: Sequence[str]) -> dict[str, str | float]:
     inputs = [torch.rand(2, 3, *size), torch.rand(3, 3, *size)]
     paths = export_paths(output)
@@ -158,12 +169,7 @@ def prune_and_measure(
             prune_report["profile"], prune_report["profiles"] = profiles["eager"], profiles
             print_profile(profiles)
         save_pruned(output, pruned, module.cfg, prune_report)
-        for key, path in final.items():  # the file set now matches pruned.pt: stale exports of an earlier prune go
-            if key in staged:
-                os.replace(staged[key], path)
-            elif path.is_file():
-                path.unlink()
-                print(f"removed {path}: an export of an earlier prune that this one did not write")
+        _publish(staged, final)
     figures["pruned/path"] = str(output.resolve())
     print_speed(records, figures["pruned/macs_ratio"], figures["pruned/macs_ratio_effective"])
     return figures

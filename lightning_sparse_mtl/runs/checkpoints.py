@@ -21,10 +21,7 @@ LEGACY_PRUNED_FORMAT = "lightning_sparse_mtl.pruned/1"  # whole pickled module (
 
 
 def _torch_load(path: str | os.PathLike) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}; pass ckpt_path=<run dir>/checkpoints/last.ckpt")
-    _refuse_export(path)
+    path = _model_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, AttributeError) as err:
@@ -33,12 +30,16 @@ def _torch_load(path: str | os.PathLike) -> Any:
         ) from None
 
 
-def _refuse_export(path: Path) -> None:
-    """A deployment export given where a checkpoint is read: say what it is and what to pass instead."""
+def _model_file(path: str | os.PathLike) -> Path:
+    """``path`` exists and is not a deployment export (those are named, with their loader and what to pass)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}; pass ckpt_path=<run dir>/checkpoints/last.ckpt")
     loaders = {".pt2": "torch.export.load(p).module()", ".onnx": "onnxruntime.InferenceSession(p)"}
     if path.suffix in loaders:
         raise UserError(f"{path} is a deployment export (load it with {loaders[path.suffix]}); pass the training "
                         "checkpoint <run>/checkpoints/last.ckpt or the pruned model <run>/pruned.pt")  # fmt: skip
+    return path
 
 
 def is_pruned_file(obj: Any) -> bool:
@@ -123,10 +124,7 @@ class _legacy_pickle:  # a pickle "module" for torch.load(pickle_module=...)
 
 def _read(path: str | os.PathLike) -> Any:
     """A torch file: plain data first (``weights_only=True``), else a full unpickle with moved classes remapped."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}; pass ckpt_path=<run dir>/checkpoints/last.ckpt")
-    _refuse_export(path)
+    path = _model_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # not plain data: an old whole-module pruned file, or a foreign pickle

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from lightning_sparse_mtl.runs.errors import UserError
+from lightning_sparse_mtl.runs.validate import check_folder
 
 
 def point_data_at(cfg: dict, data_root: str | None = None) -> dict:
     """A checkpoint's (plain) config with its data moved to ``data_root`` (None: unchanged)."""
     data = cfg["data"]
     if data_root is not None:
-        if not isinstance(data_root, str) or not Path(data_root).expanduser().is_dir():
-            raise UserError(f"data_root={data_root} is not a folder; give the folder that now holds the dataset")
+        check_folder("data_root", data_root)
         dataset = data.get("dataset") if isinstance(data.get("dataset"), dict) else {}
         if "root" not in data and "root" not in dataset:
             name = str(dataset.get("_target_", "this dataset")).rpartition(".")[2]
