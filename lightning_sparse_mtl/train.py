@@ -7,6 +7,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -15,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lightning_sparse_mtl.data.checks import check_train_steps
 from lightning_sparse_mtl.deploy.compact import prune_and_measure
 from lightning_sparse_mtl.mtl.delta_m import delta_m, load_baselines, metric_directions
+from lightning_sparse_mtl.reporting.run_summary import summary_text
 from lightning_sparse_mtl.reporting.wandb_log import finish_loggers, log_final_tables, log_run_config
 from lightning_sparse_mtl.runs.checkpoints import check_resume
 from lightning_sparse_mtl.runs.configs import CONFIG_DIR, plain_config
@@ -24,6 +26,7 @@ from lightning_sparse_mtl.runs.logfile import run_log
 from lightning_sparse_mtl.runs.provenance import git_commit, package_versions
 from lightning_sparse_mtl.runs.results import print_results, write_results
 from lightning_sparse_mtl.runs.run_dir import guard_run_dir, holds, release_run_dir
+from lightning_sparse_mtl.runs.safe_load import allowed_globals
 from lightning_sparse_mtl.runs.validate import instantiate_checked
 from lightning_sparse_mtl.runs.validate_train import validate_train_config
 from lightning_sparse_mtl.sparsity.stats import sparsity_stats
@@ -33,6 +36,11 @@ from lightning_sparse_mtl.training.module import SparseMTLModule
 def current_run_dir() -> Path:
     """The Hydra run directory (or the current directory outside Hydra)."""
     return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
+
+
+def run_overrides() -> list[str]:
+    """The command-line overrides of this Hydra job ([] outside Hydra)."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
@@ -59,12 +67,17 @@ def interrupted_message(saved: Path | None) -> str:
     return f"interrupted; resume with the same overrides plus hydra.run.dir={last.parent.parent} ckpt_path={last}"
 
 
-def fit(trainer: L.Trainer, module: SparseMTLModule, datamodule: L.LightningDataModule, ckpt_path: str | None) -> None:
-    """``trainer.fit``; a NaN/Inf stop names the last good checkpoint."""
+def fit(
+    trainer: L.Trainer, module: SparseMTLModule, datamodule: L.LightningDataModule, ckpt_path: str | None,
+    trust: bool = False,
+) -> None:  # fmt: skip
+    """``trainer.fit``; a NaN/Inf stop names the last good checkpoint. The resume checkpoint is read as data
+    (``weights_only=True``) unless ``trust`` (``trust_checkpoint=true``)."""
     cb = trainer.checkpoint_callback
     saved = Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}" if cb and cb.dirpath else None
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        with torch.serialization.safe_globals(allowed_globals()):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not trust)
     except NonFiniteLossError as err:
         last = str(saved.resolve()) if saved and saved.is_file() else None
         raise NonFiniteLossError(f"{err}; last good checkpoint: {last or 'none saved yet'}") from None
@@ -137,13 +150,14 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     for stage in ("fit", "test"):  # build and validate every split (every file) before any training starts
         datamodule.setup(stage)
     check_train_steps(datamodule, cfg.trainer, cfg.tasks)
-    resume = check_resume(module, cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    trust = bool(cfg.get("trust_checkpoint", False))
+    resume = check_resume(module, cfg.ckpt_path, trust) if cfg.get("ckpt_path") else None
     trainer = build_trainer(cfg, run_dir)
     prepare_csv_resume(trainer, resume)
     log_run_config(trainer, plain_config(cfg))
     failed = True
     try:
-        fit(trainer, module, datamodule, cfg.get("ckpt_path"))
+        fit(trainer, module, datamodule, cfg.get("ckpt_path"), trust)
         ckpt_path = checkpoint_to_test(trainer, cfg.get("test_ckpt", "last"))
         test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0]
         results = {**collect_results(cfg, module, test_metrics, run_dir, start), "ckpt_path": ckpt_path}
@@ -154,6 +168,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
             write_results(run_dir / "results.json", results)
             print_results(results, title=f"results ({run_dir})")
             log_final_tables(trainer, results)
+            summary = summary_text(results, run_overrides())  # a run that pruned: the ten-second summary
+            if summary:
+                print(summary, flush=True)
         failed = False
     finally:
         finish_loggers(trainer, failed=failed)  # one W&B run per job
