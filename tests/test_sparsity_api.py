@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import warnings
 from pathlib import Path
 
@@ -344,9 +343,13 @@ def test_penalty_in_loss_is_a_deprecated_alias() -> None:
 
 
 def test_readme_bare_loop_example_runs() -> None:
-    text = README.read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    example = next(b for b in blocks if "GroupSparsity.from_module" in b and ".attach(" in b)
+    """The bare-loop block of the README and of docs/method.md: marked runnable (tests/test_docs.py runs every such
+    block), short, and it really sparsifies."""
+    from helpers.docs import runnable_blocks
+
+    examples = [b for b in runnable_blocks() if "GroupSparsity.from_module" in b.code and ".attach(" in b.code]
+    assert {b.path.name for b in examples} >= {"README.md", "method.md"}
+    example = next(b.code for b in examples if b.path == README)
     assert len(example.strip().splitlines()) <= 15
     scope: dict = {}
     exec(compile(example, "README.md", "exec"), scope)
