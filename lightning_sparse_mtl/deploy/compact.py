@@ -133,7 +133,7 @@ def prune_and_measure(
         if back > 0.5:
             print(f"warning: round_to={round_to} gives back {back:.0%} of the MACs pruning removed (layers narrower "
                   "than it keep all their channels); the speedup is still divided by the exact MACs ratio: use a "
-                  "smaller round_to (8 measured fastest, README)")  # fmt: skip
+                  "smaller round_to (8 measured fastest, docs/deployment.md)")  # fmt: skip
     example = torch.rand(2, 3, *size)
     dense_inf = inference_form(dense, example, fold_bn, channels_last, ATOL)[0]
     pruned_inf = inference_form(pruned, example, fold_bn, channels_last, ATOL)[0]
