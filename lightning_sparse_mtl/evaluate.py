@@ -19,19 +19,27 @@ from lightning_sparse_mtl.runs.data_paths import point_data_at
 from lightning_sparse_mtl.runs.errors import UserError, exit_on_user_error
 from lightning_sparse_mtl.runs.logfile import quiet_known_noise
 from lightning_sparse_mtl.runs.results import print_results, to_jsonable, write_results
-from lightning_sparse_mtl.runs.validate import check_folder, check_int, check_writable_file, require_ckpt_path
+from lightning_sparse_mtl.runs.validate import (
+    check_bool,
+    check_folder,
+    check_int,
+    check_writable_file,
+    require_ckpt_path,
+)
 from lightning_sparse_mtl.runs.validate_train import check_trainer
 
 
 def evaluate(
-    ckpt_path: str, data_root: str | None = None, batch_size: int | None = None, trainer_kwargs: dict | None = None
-) -> dict[str, float]:
-    """``{"test/<task>/<metric>": value}`` for the model in ``ckpt_path`` on its config's test split."""
+    ckpt_path: str, data_root: str | None = None, batch_size: int | None = None, trainer_kwargs: dict | None = None,
+    *, trust_checkpoint: bool = False,
+) -> dict[str, float]:  # fmt: skip
+    """``{"test/<task>/<metric>": value}`` for the model in ``ckpt_path`` on its config's test split (the file is
+    read as data and its config may name only known targets, unless ``trust_checkpoint``: runs code from it)."""
     import lightning as L  # here, not at the top: a bad path or checkpoint fails before seconds of imports
 
     from lightning_sparse_mtl.runs.checkpoints import load_any
 
-    module = load_any(ckpt_path)
+    module = load_any(ckpt_path, trust_checkpoint)
     point_data_at(module.cfg, data_root)
     data_cfg = dict(module.cfg["data"])
     if batch_size is not None:
@@ -52,6 +60,7 @@ def main(cfg: DictConfig) -> None:
 
     def run() -> None:
         ckpt_path = require_ckpt_path(cfg, "evaluate")
+        trust = check_bool("trust_checkpoint", cfg.get("trust_checkpoint", False))
         if cfg.get("output"):
             check_writable_file(cfg.output, "output")  # before the test loop, not after
         trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k != "_target_"}
@@ -60,7 +69,7 @@ def main(cfg: DictConfig) -> None:
             check_int("batch_size", cfg.batch_size, 1, example=32)
         if cfg.get("data_root") is not None:
             check_folder("data_root", cfg.data_root)
-        metrics = evaluate(ckpt_path, cfg.get("data_root"), cfg.get("batch_size"), trainer)
+        metrics = evaluate(ckpt_path, cfg.get("data_root"), cfg.get("batch_size"), trainer, trust_checkpoint=trust)
         print_results(metrics, title=f"test metrics of {cfg.ckpt_path}")
         if cfg.get("output"):
             write_results(cfg.output, metrics)

@@ -18,12 +18,15 @@ from lightning_sparse_mtl.runs.config_dir import CONFIG_DIR  # not runs.configs:
 from lightning_sparse_mtl.runs.data_paths import measured_input_size, point_data_at
 from lightning_sparse_mtl.runs.errors import exit_on_user_error
 from lightning_sparse_mtl.runs.results import print_results, read_results, write_results
-from lightning_sparse_mtl.runs.validate import check_prune_options, check_writable_file, require_ckpt_path
+from lightning_sparse_mtl.runs.validate import check_bool, check_prune_options, check_writable_file, require_ckpt_path
 
 
-def prune_checkpoint(ckpt_path: str, output: str | None = None, data_root: str | None = None, **kwargs) -> dict | None:
+def prune_checkpoint(
+    ckpt_path: str, output: str | None = None, data_root: str | None = None, *, trust_checkpoint: bool = False, **kwargs
+) -> dict | None:
     """Load a training checkpoint, prune and measure it; with the default output, merge the figures into its
-    run's results.json (replacing the figures of an earlier prune). ``output=<elsewhere>`` leaves the run untouched."""
+    run's results.json (replacing the figures of an earlier prune). ``output=<elsewhere>`` leaves the run untouched.
+    The checkpoint is read as data unless ``trust_checkpoint`` (runs code from the file)."""
     ckpt = Path(ckpt_path).resolve()
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     out = check_writable_file(output, "output") if output else run_dir / "pruned.pt"
@@ -31,7 +34,7 @@ def prune_checkpoint(ckpt_path: str, output: str | None = None, data_root: str |
         check_writable_file(out, "output (default: the run directory)")
     from lightning_sparse_mtl.runs.checkpoints import load_module
 
-    module = load_module(ckpt_path)  # checks the file before it imports Lightning and the model code
+    module = load_module(ckpt_path, trust_checkpoint)  # checks the file before it imports Lightning and the model code
     from lightning_sparse_mtl.deploy.compact import prune_and_measure  # Torch-Pruning, timm: seconds of imports
 
     point_data_at(module.cfg, data_root)  # kept in pruned.pt's config, so evaluate finds the data too
@@ -50,8 +53,9 @@ def prune_checkpoint(ckpt_path: str, output: str | None = None, data_root: str |
 def main(cfg: DictConfig) -> None:
     def run() -> None:
         check_prune_options(cfg)  # every option before the checkpoint is read
+        trust = check_bool("trust_checkpoint", cfg.get("trust_checkpoint", False))
         prune_checkpoint(
-            require_ckpt_path(cfg, "prune"), cfg.get("output"), cfg.get("data_root"),
+            require_ckpt_path(cfg, "prune"), cfg.get("output"), cfg.get("data_root"), trust_checkpoint=trust,
             batch_sizes=list(cfg.batch_sizes), repeats=cfg.repeats, threads=cfg.threads, round_to=cfg.round_to,
             fold_bn=cfg.fold_bn, channels_last=cfg.channels_last, export=cfg.export, min_run_time=cfg.min_run_time,
         )  # fmt: skip

@@ -22,6 +22,7 @@ from lightning_sparse_mtl.deploy.speed import speed_table
 from lightning_sparse_mtl.models.net import MultiTaskNet
 from lightning_sparse_mtl.mtl.tasks import build_tasks
 from lightning_sparse_mtl.runs.checkpoints import LEGACY_PRUNED_FORMAT, load_any, load_pruned
+from lightning_sparse_mtl.runs.errors import UserError
 from lightning_sparse_mtl.sparsity.groups import find_conv_groups
 from lightning_sparse_mtl.sparsity.pruning import _flatten, prune_zero_channels
 from lightning_sparse_mtl.training.module import SparseMTLModule
@@ -251,7 +252,8 @@ def test_exports_load_without_the_package_and_agree(deployed, tmp_path: Path) ->
 
 
 def test_old_whole_module_pruned_file_still_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Files written before the layout refactor pickle ``lightning_sparse_mtl.tasks.TaskSpec``: remapped on load."""
+    """Files written before the layout refactor pickle ``lightning_sparse_mtl.tasks.TaskSpec``: remapped on load,
+    which unpickles code, so only with ``trust`` (``trust_checkpoint=true``)."""
     import lightning_sparse_mtl.mtl.tasks as tasks_mod
 
     net = small_net()
@@ -260,7 +262,9 @@ def test_old_whole_module_pruned_file_still_loads(tmp_path: Path, monkeypatch: p
     torch.save({"format": LEGACY_PRUNED_FORMAT, "model": net, "config": {}, "report": {}}, tmp_path / "old.pt")
     monkeypatch.undo()
     assert b"lightning_sparse_mtl.tasks" in (tmp_path / "old.pt").read_bytes()
-    loaded = load_pruned(tmp_path / "old.pt")["model"]
+    with pytest.raises(UserError, match="not plain data.*trust_checkpoint=true"):  # a pickled module: needs trust
+        load_pruned(tmp_path / "old.pt")
+    loaded = load_pruned(tmp_path / "old.pt", trust=True)["model"]
     x = torch.rand(1, 3, *SIZE)
     assert max_diff(outputs(net, x), outputs(loaded, x)) == 0
 

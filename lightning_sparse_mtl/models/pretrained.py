@@ -20,6 +20,7 @@ from segmentation_models_pytorch.encoders import encoders as SMP_ENCODERS
 from torch import nn
 
 from lightning_sparse_mtl.runs.errors import UserError
+from lightning_sparse_mtl.runs.safe_load import UnsafeFileError, read_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,9 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
 
             obj = load_file(path, device="cpu")
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = read_torch_file(path, hint="save its state_dict() (plain tensors) instead")  # data, never code
+    except UnsafeFileError:
+        raise
     except Exception as err:  # noqa: BLE001 - any unreadable file becomes one line
         raise UserError(
             f"cannot read encoder weights {path} ({type(err).__name__}); is it a state-dict file?"

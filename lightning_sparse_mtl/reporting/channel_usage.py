@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.figure import Figure
 
+from lightning_sparse_mtl.runs.safe_load import read_torch_file
 from lightning_sparse_mtl.sparsity.groups import group_norms
 
 Masks = dict[str, np.ndarray]  # layer name -> (I,) bool kept input channels
@@ -26,7 +26,7 @@ Masks = dict[str, np.ndarray]  # layer name -> (I,) bool kept input channels
 def kept_channels(ckpt_path: str | Path, layers: Sequence[str]) -> Masks:
     """``{layer: (I,) bool}`` kept input channels of the grouped ``layers`` (names as in results.json's
     ``sparsity.layers``, e.g. ``net.encoder.layer1.0.conv1``) in a Lightning checkpoint."""
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    state = read_torch_file(ckpt_path)  # data only (weights_only=True): a shared checkpoint cannot run code
     state = state.get("state_dict", state)
     return {name: (group_norms(state[f"{name}.weight"].float()) > 0).numpy() for name in layers}
 

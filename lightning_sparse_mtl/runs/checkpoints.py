@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +14,16 @@ from lightning_sparse_mtl.deploy.architecture import apply_architecture, archite
 from lightning_sparse_mtl.runs.atomic_io import atomic_write_bytes
 from lightning_sparse_mtl.runs.errors import UserError
 from lightning_sparse_mtl.runs.results import to_jsonable
+from lightning_sparse_mtl.runs.safe_load import read_torch_file
+from lightning_sparse_mtl.runs.stored_config import check_stored_config
 
 PRUNED_FORMAT = "lightning_sparse_mtl.pruned/2"
 LEGACY_PRUNED_FORMAT = "lightning_sparse_mtl.pruned/1"  # whole pickled module (before the state-dict format)
 
 
-def _torch_load(path: str | os.PathLike) -> Any:
-    path = _model_file(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, AttributeError) as err:
-        raise UserError(
-            f"cannot read {path} as a torch file ({type(err).__name__}); is it truncated or foreign?"
-        ) from None
+def _torch_load(path: str | os.PathLike, trust: bool = False) -> Any:
+    """A checkpoint read as data (``runs.safe_load``); ``trust`` allows a full unpickle."""
+    return read_torch_file(_model_file(path), trust=trust)
 
 
 def _model_file(path: str | os.PathLike) -> Path:
@@ -46,15 +42,18 @@ def is_pruned_file(obj: Any) -> bool:
     return isinstance(obj, dict) and obj.get("format") in (PRUNED_FORMAT, LEGACY_PRUNED_FORMAT)
 
 
-def load_module(path: str | os.PathLike):
-    """A SparseMTLModule restored from a Lightning checkpoint of this project (weights, config, sparsity masks)."""
-    ckpt = _torch_load(path)
+def load_module(path: str | os.PathLike, trust: bool = False):
+    """A SparseMTLModule restored from a Lightning checkpoint of this project (weights, config, sparsity masks).
+
+    The file is read as data and its config may name only known targets, unless ``trust`` (runs code from it)."""
+    ckpt = _torch_load(path, trust)
     cfg = ckpt.get("hyper_parameters", {}).get("cfg") if isinstance(ckpt, dict) else None
     if is_pruned_file(ckpt):
         raise UserError(f"{path} is already a pruned model; pass the training checkpoint it came from: "
                         "ckpt_path=<run>/checkpoints/last.ckpt")  # fmt: skip
     if not isinstance(cfg, dict) or "state_dict" not in ckpt:
         raise UserError(f"{path} is not a lightning-sparse-mtl training checkpoint (no config inside)")
+    check_stored_config(cfg, path, trust)
     from lightning_sparse_mtl.models.pretrained import restoring  # imported once the file is known good: Lightning
     from lightning_sparse_mtl.training.module import SparseMTLModule  # is seconds of start-up
 
@@ -68,10 +67,10 @@ def load_module(path: str | os.PathLike):
     return module.eval()
 
 
-def check_resume(module: torch.nn.Module, path: str | os.PathLike) -> dict[str, int]:
-    """Fail with one line unless ``path`` is a training checkpoint whose weights fit ``module`` exactly;
-    returns its ``{"epoch", "global_step"}``."""
-    ckpt = _torch_load(path)
+def check_resume(module: torch.nn.Module, path: str | os.PathLike, trust: bool = False) -> dict[str, int]:
+    """Fail with one line unless ``path`` is a training checkpoint (read as data unless ``trust``) whose weights
+    fit ``module`` exactly; returns its ``{"epoch", "global_step"}``."""
+    ckpt = _torch_load(path, trust)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "optimizer_states" not in ckpt:
         raise UserError(
             f"{path} is not a lightning-sparse-mtl training checkpoint; resume needs <run>/checkpoints/last.ckpt"
@@ -122,35 +121,21 @@ class _legacy_pickle:  # a pickle "module" for torch.load(pickle_module=...)
     __name__ = "pickle"
 
 
-def _read(path: str | os.PathLike) -> Any:
-    """A torch file: plain data first (``weights_only=True``), else a full unpickle with moved classes remapped."""
-    path = _model_file(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # not plain data: an old whole-module pruned file, or a foreign pickle
-        pass
-    except (zipfile.BadZipFile, RuntimeError, EOFError, OSError) as err:
-        raise UserError(
-            f"cannot read {path} as a torch file ({type(err).__name__}); is it truncated or foreign?"
-        ) from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_legacy_pickle)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as err:
-        raise UserError(
-            f"cannot read {path} as a torch file ({type(err).__name__}); is it truncated or foreign?"
-        ) from None
-    except (ImportError, AttributeError) as err:
-        raise UserError(
-            f"{path} pickles classes that no longer exist ({err}); re-run prune on its checkpoint"
-        ) from None
+def _read(path: str | os.PathLike, trust: bool = False) -> Any:
+    """A torch file read as data; with ``trust`` an old whole-module file (format /1) is unpickled in full,
+    classes moved by the layout refactor remapped."""
+    return read_torch_file(_model_file(path), trust=trust, pickle_module=_legacy_pickle)
 
 
-def _pruned_from(obj: dict, path: str | os.PathLike) -> dict:
+def _pruned_from(obj: dict, path: str | os.PathLike, trust: bool = False) -> dict:
+    check_stored_config(obj.get("config"), path, trust)
     if obj.get("format") == LEGACY_PRUNED_FORMAT:
         return {"model": obj["model"].eval(), "config": obj["config"], "report": obj["report"]}
     from lightning_sparse_mtl.training.module import build_net
 
     cfg = obj["config"]
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path} holds no model config (found {type(cfg).__name__}); re-run prune on its checkpoint")
     try:
         net = apply_architecture(build_net(cfg), obj["architecture"], obj["state_dict"])
     except (ValueError, RuntimeError) as err:
@@ -159,24 +144,26 @@ def _pruned_from(obj: dict, path: str | os.PathLike) -> dict:
     return {"model": net.eval(), "config": cfg, "report": obj["report"]}
 
 
-def load_pruned(path: str | os.PathLike) -> dict:
-    """``{"model": nn.Module (eval), "config": dict, "report": dict}`` from :func:`save_pruned` (or an old /1 file)."""
-    obj = _read(path)
+def load_pruned(path: str | os.PathLike, trust: bool = False) -> dict:
+    """``{"model": nn.Module (eval), "config": dict, "report": dict}`` from :func:`save_pruned` (or, with ``trust``,
+    an old /1 file). Read as data; its config may name only known targets unless ``trust`` (runs code from it)."""
+    obj = _read(path, trust)
     if not is_pruned_file(obj):
         raise UserError(f"{path} is not a pruned model file of lightning-sparse-mtl (run the prune command first)")
-    return _pruned_from(obj, path)
+    return _pruned_from(obj, path, trust)
 
 
-def load_any(path: str | os.PathLike):
-    """A SparseMTLModule from a training checkpoint or a pruned model file (its net is then the compact one)."""
-    obj = _read(path)
+def load_any(path: str | os.PathLike, trust: bool = False):
+    """A SparseMTLModule from a training checkpoint or a pruned model file (its net is then the compact one);
+    ``trust`` as in :func:`load_module`."""
+    obj = _read(path, trust)
     if is_pruned_file(obj):
         from lightning_sparse_mtl.models.pretrained import restoring
         from lightning_sparse_mtl.training.module import SparseMTLModule
 
-        pruned = _pruned_from(obj, path)
+        pruned = _pruned_from(obj, path, trust)
         with restoring():
             module = SparseMTLModule(pruned["config"])
         module.net = pruned["model"]
         return module.eval()
-    return load_module(path)
+    return load_module(path, trust)

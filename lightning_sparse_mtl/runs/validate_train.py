@@ -9,6 +9,8 @@ from typing import Any
 import torch
 
 from lightning_sparse_mtl.runs.errors import UserError
+from lightning_sparse_mtl.runs.safe_load import check_is_data
+from lightning_sparse_mtl.runs.stored_config import check_nested_targets
 from lightning_sparse_mtl.runs.validate import (
     ACCELERATORS,
     PRECISIONS,
@@ -36,6 +38,7 @@ def validate_train_config(cfg: Any) -> list[str]:
     from lightning_sparse_mtl.sparsity.controller import validate_sparsity_weight
 
     lam = validate_sparsity_weight(get(cfg, "lambda"))
+    check_nested_targets(cfg)  # before the optimizer and scheduler are instantiated below
     check_int("seed", get(cfg, "seed"), 0, 2**32 - 1, example=0)
     check_trainer(get(cfg, "trainer") or {})
     check_data(get(cfg, "data") or {})
@@ -48,6 +51,9 @@ def validate_train_config(cfg: Any) -> list[str]:
     check_sparsity(get(cfg, "sparsity") or {}, lam, opt_cls)
     check_optimizer(cfg)
     check_optional_file("ckpt_path", get(cfg, "ckpt_path"))
+    trust = check_bool("trust_checkpoint", get(cfg, "trust_checkpoint", False))
+    if get(cfg, "ckpt_path") is not None:
+        check_is_data(get(cfg, "ckpt_path"), trust=trust)  # a crafted resume file is refused before the run dir
     check_choice("test_ckpt", get(cfg, "test_ckpt", "last"), ("last", "best"))
     if get(cfg, "test_ckpt", "last") == "best" and not get(cfg, "callbacks.model_checkpoint.monitor"):
         raise UserError("test_ckpt=best needs a monitored metric: callbacks.model_checkpoint.monitor=val/seg/miou "
@@ -184,8 +190,19 @@ def check_optimizer(cfg: Any) -> None:
         for key in ("T_max", "step_size", "total_steps", "T_0"):
             if key in sched:
                 check_int(f"scheduler.{key}", sched[key], 1, example=10)
-        locate_class("scheduler", sched.get("_target_"))
+        check_scheduler_class(locate_class("scheduler", sched.get("_target_")), sched.get("_target_"))
         instantiate_checked("scheduler", sched, optimizer=optimizer)
+
+
+def check_scheduler_class(cls: Any, target: str) -> None:
+    """A torch lr scheduler that steps by epoch or step (ReduceLROnPlateau needs a monitored metric: not wired)."""
+    lrs = torch.optim.lr_scheduler
+    if isinstance(cls, type) and issubclass(cls, lrs.ReduceLROnPlateau):
+        raise UserError(f"scheduler._target_={target} steps on a monitored metric, which training does not pass it; "
+                        "use one that follows epochs or steps (e.g. CosineAnnealingLR) or scheduler=null")  # fmt: skip
+    if not (isinstance(cls, type) and issubclass(cls, lrs.LRScheduler)):
+        raise UserError(f"scheduler._target_={target} is not a torch lr scheduler class "
+                        "(e.g. torch.optim.lr_scheduler.CosineAnnealingLR)")  # fmt: skip
 
 
 def sparsity_keys() -> list[str]:
