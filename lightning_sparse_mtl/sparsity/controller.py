@@ -32,12 +32,23 @@ from torch import nn
 
 from lightning_sparse_mtl.registry import Registry
 from lightning_sparse_mtl.runs.errors import NonFiniteLossError, UserError, unknown_name
+from lightning_sparse_mtl.sparsity.coupled import CoupledGroup, find_coupled_groups
+from lightning_sparse_mtl.sparsity.coupled_prox import (
+    coupled_adam_soft_threshold_,
+    coupled_penalty_grad_,
+    coupled_soft_threshold_,
+    coupled_zero_grads_,
+    coupled_zero_state_,
+    local_indices,
+    norms_of,
+)
 from lightning_sparse_mtl.sparsity.groups import ConvGroup, find_conv_groups
 from lightning_sparse_mtl.sparsity.penalty import add_penalty_grad_
-from lightning_sparse_mtl.sparsity.prox import adam_soft_threshold_, channel_norms, compile_settings, soft_threshold_
+from lightning_sparse_mtl.sparsity.prox import adam_soft_threshold_, compile_settings, soft_threshold_
 
 SCHEDULES = ("constant", "linear")
 GROUP_WEIGHTS = ("sqrt_size",)
+GROUPINGS = ("input", "coupled")
 ADAM_TYPES = (torch.optim.Adam, torch.optim.AdamW)
 COMPILE_AFTER = 50  # prox steps before compile="auto" uses torch.compile (compiling the two kernels: ~20 s)
 
@@ -118,11 +129,11 @@ class GroupSparsity(nn.Module):
         self.epoch = 0  # set by the training loop (Lightning: the module, every epoch)
         self.steps = 0  # optimizer steps seen (for messages)
         self.last_penalty = 0.0  # lambda * Omega added at the last step (penalty_grad only)
+        self.grouping = "coupled" if any(isinstance(g, CoupledGroup) for g in self.groups) else "input"
         for i, g in enumerate(self.groups):
-            self.register_buffer(f"frozen_{i}", torch.zeros(g.num_groups, dtype=torch.bool, device=g.weight.device))
+            self.register_buffer(f"frozen_{i}", torch.zeros(g.num_groups, dtype=torch.bool, device=g.device))
             # per-group weights w_c (I,): not in the checkpoint (derived), but they move with the module
-            full = torch.full((g.num_groups,), g.sqrt_p, dtype=torch.float32, device=g.weight.device)
-            self.register_buffer(f"group_weight_{i}", full, persistent=False)
+            self.register_buffer(f"group_weight_{i}", g.sqrt_sizes().to(g.device), persistent=False)
         # (I,) group norms left by the last prox, with the weight's version counter at that time: valid while
         # the weight is untouched, so the next penalty gradient needs no norm pass and Newton is warm-started.
         self._norms: dict[int, tuple[int, torch.Tensor]] = {}
@@ -141,16 +152,36 @@ class GroupSparsity(nn.Module):
         exclude_image_conv: bool = True,
         exclude: Sequence[str] = (),
         prefix: str = "",
+        groups: str = "input",
+        example_inputs: object = None,
+        shared: str | None = None,
+        coupled_heads: bool = True,
         **kwargs,
     ) -> GroupSparsity:
-        """Group the input channels of ``module``'s convs (the image conv and ``exclude`` regexes left out)."""
+        """The groups of ``module`` and the method on them.
+
+        ``groups="input"`` (the seed's): one group per input channel of each conv (the image conv and
+        ``exclude`` regexes left out). ``groups="coupled"``: one group per channel of each channel space of
+        ``module``'s dependency graph (``sparsity.coupled``; traced once on ``example_inputs``, e.g. one
+        (1, 3, H, W) batch at the training size; default a (1, 3, 64, 64) tensor). ``shared`` names the
+        submodule whose spaces are grouped (e.g. "encoder" when ``module`` is the whole multi-task net) and
+        ``coupled_heads`` lets the readers outside it (the heads) join those groups.
+        """
         for pattern in exclude:
             try:
                 re.compile(pattern)
             except re.error as err:
                 raise UserError(f"sparsity.exclude: bad regex {pattern!r} ({err})") from None
-        groups = find_conv_groups(module, exclude_image_conv, exclude, prefix)
-        return cls(groups, sparsity_weight, prox, **kwargs)
+        if groups not in GROUPINGS:
+            raise unknown_name("sparsity.groups", groups, GROUPINGS)
+        if groups == "input":
+            found = find_conv_groups(module, exclude_image_conv, exclude, prefix)
+        else:
+            if example_inputs is None:
+                ref = next(module.parameters(), torch.zeros(()))
+                example_inputs = torch.rand(1, 3, 64, 64, device=ref.device, dtype=ref.dtype)
+            found = find_coupled_groups(module, example_inputs, shared, bool(coupled_heads), prefix, exclude)
+        return cls(found, sparsity_weight, prox, **kwargs)
 
     # --- lambda: read in one place -------------------------------------------------------------------
     @property
@@ -194,20 +225,33 @@ class GroupSparsity(nn.Module):
 
     # --- attaching to an optimizer ------------------------------------------------------------------
     def attach(self, optimizer: torch.optim.Optimizer) -> GroupSparsity:
-        """Run the method inside ``optimizer.step()`` from now on (replaces an earlier attachment)."""
+        """Run the method inside ``optimizer.step()`` from now on (replaces an earlier attachment).
+        A second GroupSparsity on the same optimizer is refused: it would apply lambda twice."""
         self.detach()
+        hooks = getattr(optimizer, "_optimizer_step_pre_hooks", {}).values()
+        if any(isinstance(getattr(h, "__self__", None), GroupSparsity) for h in hooks):
+            raise UserError(
+                "this optimizer already has a GroupSparsity attached (two would apply lambda twice); detach() it "
+                "first, or build one GroupSparsity over all the layers to sparsify"
+            )
         if self.prox == "adam" and not isinstance(optimizer, ADAM_TYPES):
             raise UserError(
                 f"sparsity prox 'adam' needs torch.optim.Adam or AdamW (it reads their second moments), got "
                 f"{type(optimizer).__name__}; use prox='plain' (sparsity=prox) with other optimizers"
             )
-        owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        missing = [g.name for g in self.groups if id(g.weight) not in owned]
+        owned = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+        missing = [g.name for g in self.groups if any(id(p) not in owned for p in g.params)]
         if missing:
             raise UserError(
                 f"grouped weights are not in the optimizer ({', '.join(missing[:3])}...); "
                 "do not freeze the grouped layers when lambda > 0"
             )
+        for g in self.groups:
+            if len({id(owned[id(p)]) for p in g.params}) > 1:
+                raise UserError(
+                    f"the weights of the coupled group {g.name} sit in different optimizer param groups; one group's "
+                    "threshold needs one learning rate: put them in one param group"
+                )
         self._optimizer = optimizer
         self._handles = [
             optimizer.register_step_pre_hook(self._pre_step),
@@ -271,18 +315,27 @@ class GroupSparsity(nn.Module):
             return
         for i, g in enumerate(self.groups):
             if i not in self._frozen_idx:  # after a change or a restore from a checkpoint
-                self._frozen_idx[i] = self.frozen(i).nonzero().flatten()
-            if self._frozen_idx[i].numel() and g.weight.grad is not None:
+                frozen = self.frozen(i)
+                coupled = isinstance(g, CoupledGroup)
+                self._frozen_idx[i] = local_indices(g, frozen) if coupled else frozen.nonzero().flatten()
+            if isinstance(g, CoupledGroup):
+                coupled_zero_grads_(g, self._frozen_idx[i])
+            elif self._frozen_idx[i].numel() and g.weight.grad is not None:
                 g.weight.grad.index_fill_(1, self._frozen_idx[i], 0.0)
 
     def add_penalty_grad_(self, lam: float, grad_scale: torch.Tensor | None = None) -> float:
         """Add lam * dOmega/dW (times ``grad_scale`` for still-scaled grads); returns lam * Omega."""
         norms = [self._cached_norms(i) for i in range(len(self.groups))]
-        return add_penalty_grad_(self.groups, lam, norms, self.group_weights, grad_scale)
+        if self.grouping == "input":
+            return add_penalty_grad_(self.groups, lam, norms, self.group_weights, grad_scale)
+        terms = [
+            coupled_penalty_grad_(g, lam, w, n, grad_scale) for g, w, n in zip(self.groups, self.group_weights, norms)
+        ]
+        return lam * float(torch.stack(terms).sum()) if terms else 0.0
 
     def _cached_norms(self, i: int) -> torch.Tensor | None:
         version, norms = self._norms.get(i, (None, None))
-        return norms if version == self.groups[i].weight._version else None
+        return norms if version == self.groups[i].version() else None
 
     @torch.no_grad()
     def prox_(self, optimizer: torch.optim.Optimizer, lam: float) -> None:
@@ -302,32 +355,40 @@ class GroupSparsity(nn.Module):
 
     def _prox_layers_(self, optimizer: torch.optim.Optimizer, lam: float, prox: Callable, groups_of: dict) -> None:
         for i, g in enumerate(self.groups):
-            w, frozen = g.weight, self.frozen(i)
-            group = groups_of[id(w)]
+            frozen = self.frozen(i)
+            group = groups_of[id(g.params[0])]
             tau = (group["lr"] * lam) * getattr(self, f"group_weight_{i}")  # not the list property: 35x35 lookups
             norms = prox(self, i, optimizer, group, tau, frozen)
-            self._norms[i] = (w._version, norms)
+            self._norms[i] = (g.version(), norms)
             if self.revive:
                 continue  # revival follows the prox: no state clearing, no masks
             fresh = (norms == 0) & ~frozen
             if fresh.any():  # groups zeroed by this step: clear their optimizer state once, freeze them
-                _zero_optimizer_state_(optimizer, w, fresh)
+                if isinstance(g, CoupledGroup):
+                    coupled_zero_state_(g, optimizer, fresh)
+                else:
+                    _zero_optimizer_state_(optimizer, g.weight, fresh)
                 frozen |= fresh
                 self._frozen_idx.pop(i, None)
 
 
 @PROX.register("none")
 def _prox_none(gs: GroupSparsity, i: int, optimizer, group: dict, tau: torch.Tensor, frozen: torch.Tensor):
-    return soft_threshold_(gs.groups[i].weight, 0.0, None if gs.revive else frozen)
+    return _prox_plain(gs, i, optimizer, group, torch.zeros_like(tau), frozen)
 
 
 @PROX.register("plain")
 def _prox_plain(gs: GroupSparsity, i: int, optimizer, group: dict, tau: torch.Tensor, frozen: torch.Tensor):
-    return soft_threshold_(gs.groups[i].weight, tau, None if gs.revive else frozen)
+    g = gs.groups[i]
+    if isinstance(g, CoupledGroup):
+        return coupled_soft_threshold_(g, tau, None if gs.revive else frozen)
+    return soft_threshold_(g.weight, tau, None if gs.revive else frozen)
 
 
 @PROX.register("adam")
 def _prox_adam(gs: GroupSparsity, i: int, optimizer, group: dict, tau: torch.Tensor, frozen: torch.Tensor):
+    if isinstance(gs.groups[i], CoupledGroup):
+        return _prox_adam_coupled(gs, i, optimizer, group, tau, None if gs.revive else frozen)
     w = gs.groups[i].weight
     frozen = None if gs.revive else frozen
     state = optimizer.state.get(w, {})
@@ -349,6 +410,25 @@ def _prox_adam(gs: GroupSparsity, i: int, optimizer, group: dict, tau: torch.Ten
         compile=gs._compiling(),
         native=gs.compile in (True, "auto"),
     )
+
+
+def _adam_state(optimizer: torch.optim.Optimizer, param: torch.Tensor, group: dict) -> tuple | None:
+    """(v, 1 / bias_correction2, eps) of ``param`` in an Adam/AdamW, None before its first step."""
+    state = optimizer.state.get(param, {})
+    if "exp_avg_sq" not in state:
+        return None
+    v = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
+    return v, 1.0 / (1.0 - group["betas"][1] ** float(state["step"])), group["eps"]
+
+
+def _prox_adam_coupled(gs: GroupSparsity, i: int, optimizer, group: dict, tau, frozen):
+    g = gs.groups[i]
+    states = [_adam_state(optimizer, p.param, group) for p in g.pieces]
+    if any(s is None for s in states):  # before the optimizer's first step on one of the weights
+        return coupled_soft_threshold_(g, 0.0, frozen)
+    warm = gs._norms.get(i, (None, None))[1]
+    iters = gs.warm_iters if warm is not None else gs.newton_iters
+    return coupled_adam_soft_threshold_(g, states, tau, frozen, iters, warm)
 
 
 def _grad_scale(optimizer: torch.optim.Optimizer, kwargs: dict) -> torch.Tensor | None:
@@ -374,4 +454,4 @@ def _zero_optimizer_state_(optimizer: torch.optim.Optimizer, param: torch.Tensor
 
 def group_norms_of(gs: GroupSparsity) -> list[torch.Tensor]:
     """(I,) group norms of every grouped layer (float32 at least)."""
-    return [channel_norms(g.weight) for g in gs.groups]
+    return [norms_of(g) for g in gs.groups]

@@ -48,6 +48,29 @@ class ConvGroup:
     def sqrt_p(self) -> float:
         return math.sqrt(self.group_size)
 
+    def sizes(self) -> torch.Tensor:
+        """(I,) number of weights in each group (all equal: p_g)."""
+        return torch.full((self.num_groups,), float(self.group_size), dtype=torch.float64)
+
+    def sqrt_sizes(self) -> torch.Tensor:
+        """(I,) float32 sqrt(p_g): the seed's group weight."""
+        return torch.full((self.num_groups,), self.sqrt_p, dtype=torch.float32)
+
+    @property
+    def numel(self) -> int:
+        return self.weight.numel()
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return [self.weight]
+
+    @property
+    def device(self) -> torch.device:
+        return self.weight.device
+
+    def version(self) -> tuple[int, ...]:
+        return (self.weight._version,)
+
 
 def group_norms(weight: torch.Tensor) -> torch.Tensor:
     """``weight`` (O, I, *k) -> (I,) Euclidean norm of every input-channel slice ``W[:, c]``."""

@@ -97,18 +97,31 @@ def _halley_step(d, u, tau, r, tau_c, r_c, k: int):
     With t = u / (D r + tau), s = D / (D r + tau): f = sum t^2, f' = -2 sum t^2 s, f'' = 6 sum t^2 s^2, so
     q' = g^3 F1 and q'' = 3 g^3 (g^2 F1^2 - F2) <= 0 (Cauchy-Schwarz: q is concave, linear when D is constant
     over the group, where one step is exact). The Halley factor is kept within [2/3, 2] of the Newton step."""
+    f0, f1, f2, n2 = halley_sums(d, u, tau_c, r_c, k)
+    return halley_radius(r, f0, f1, f2), n2
+
+
+def halley_sums(d, u, tau_c, r_c, k: int):
+    """Per-group (I,) sums f = sum t^2, F1 = sum t^2 s, F2 = sum t^2 s^2 and ||u||^2 over D and u (O, I * K)
+    (t = u / (D r + tau), s = D / (D r + tau)): the terms of :func:`_halley_step`, which add up over the tensors
+    of a group that spans several (coupled groups)."""
     ia = torch.addcmul(tau_c, d, r_c).reciprocal_()
     t2 = (u * ia).square_()
     sa = d * ia
     t2s = t2 * sa
     f0, f1 = _group_sum(t2, k), _group_sum(t2s, k)
     f2, n2 = _group_sum(t2s.mul_(sa), k), _group_sum(u.square(), k)
+    return f0, f1, f2, n2
+
+
+def halley_radius(r, f0, f1, f2):
+    """The Halley step on q(r) = f(r)^(-1/2) - 1 from the group sums of :func:`halley_sums` (see _halley_step)."""
     g = f0.rsqrt()
     q, dq = g - 1.0, g.pow(3) * f1
     ddq = 3.0 * g.pow(3) * (g.square() * f1.square() - f2)
     newton = q / dq
     ratio = (q * ddq / dq.square()).clamp(-1.0, 1.0)  # Halley = Newton / (1 - ratio / 2)
-    return (r - newton / (1.0 - 0.5 * ratio)).clamp_min(0.0), n2
+    return (r - newton / (1.0 - 0.5 * ratio)).clamp_min(0.0)
 
 
 def _rtol(dtype: torch.dtype) -> float:

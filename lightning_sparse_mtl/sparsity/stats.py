@@ -1,6 +1,8 @@
 """Sparsity statistics with one definition, used everywhere (exact zeros, no tolerance).
 
-group sparsity % = zero input groups / all input groups of the grouped layers.
+group sparsity % = zero groups / all groups of *this* grouping: input groups of the grouped layers
+(``groups=input``, one entry per layer) or channels of the grouped channel spaces (``groups=coupled``, one entry
+per space, named after its root layer; a zero coupled group is a removed channel).
 weight sparsity % = grouped weights lying in zero groups / all grouped weights.
 """
 
@@ -10,19 +12,21 @@ from collections.abc import Sequence
 
 import torch
 
+from lightning_sparse_mtl.sparsity.coupled import CoupledGroup
+from lightning_sparse_mtl.sparsity.coupled_prox import norms_of
 from lightning_sparse_mtl.sparsity.groups import ConvGroup
-from lightning_sparse_mtl.sparsity.prox import channel_norms
 
 
 @torch.no_grad()
-def sparsity_stats(groups: Sequence[ConvGroup]) -> dict:
+def sparsity_stats(groups: Sequence[ConvGroup | CoupledGroup]) -> dict:
     """Overall and per-layer statistics: {"group_sparsity", "weight_sparsity", "zero_groups", "total_groups",
-    "grouped_params", "layers": {name: {"groups", "zero_groups", "group_sparsity"}}} (within one layer the
-    groups have equal size, so a per-layer weight sparsity would always equal its group sparsity)."""
+    "grouped_params", "layers": {name: {"groups", "zero_groups", "group_sparsity"}}} (a layer for input groups,
+    a channel space for coupled ones)."""
     layers = {}
     zero_total = groups_total = zero_weights = weights_total = 0
     for g in groups:
-        zero = int((channel_norms(g.weight) == 0).sum())
+        is_zero = (norms_of(g) == 0).cpu()
+        zero = int(is_zero.sum())
         layers[g.name] = {
             "groups": g.num_groups,
             "zero_groups": zero,
@@ -30,8 +34,8 @@ def sparsity_stats(groups: Sequence[ConvGroup]) -> dict:
         }
         zero_total += zero
         groups_total += g.num_groups
-        zero_weights += zero * g.group_size
-        weights_total += g.weight.numel()
+        zero_weights += int(g.sizes()[is_zero].sum())
+        weights_total += g.numel
     return {
         "group_sparsity": 100.0 * zero_total / max(groups_total, 1),
         "weight_sparsity": 100.0 * zero_weights / max(weights_total, 1),

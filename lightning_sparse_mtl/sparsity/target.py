@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from lightning_sparse_mtl.runs.errors import UserError
-from lightning_sparse_mtl.sparsity.groups import group_norms
+from lightning_sparse_mtl.sparsity.coupled_prox import norms_of
 
 SCHEDULES = ("cubic", "linear")
 CAP_FACTOR = 1e-9
@@ -138,7 +138,7 @@ def zero_group_fraction(groups: Any) -> tuple[float, list[float]]:
     per_layer, zero, total = [], 0, 0
     with torch.no_grad():
         for g in groups:
-            z = int((group_norms(g.weight) == 0).sum())
+            z = int((norms_of(g) == 0).sum())
             per_layer.append(z / g.num_groups)
             zero, total = zero + z, total + g.num_groups
     return zero / max(total, 1), per_layer
