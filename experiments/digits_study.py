@@ -98,13 +98,16 @@ def held_elsewhere(run_dir: Path) -> bool:
     return False
 
 
-def run_job(run_dir: Path, overrides: list[str], extra: list[str], lock: str | None) -> float | None:
-    """Run one job unless finished; returns its wall time (None when skipped). Raises on a failed job."""
+def run_job(
+    run_dir: Path, overrides: list[str], extra: list[str], lock: str | None, experiment: str = "digits_study"
+) -> float | None:
+    """Run one job (``experiment=<experiment>``) unless finished; returns its wall time (None when skipped).
+    Raises on a failed job."""
     if (run_dir / "results.json").is_file() or held_elsewhere(run_dir):
         return None
     if run_dir.exists():  # killed mid-run: start it again from scratch
         shutil.rmtree(run_dir)
-    cmd = [sys.executable, "-m", "lightning_sparse_mtl.train", "experiment=digits_study", *extra, *overrides,
+    cmd = [sys.executable, "-m", "lightning_sparse_mtl.train", f"experiment={experiment}", *extra, *overrides,
            f"hydra.run.dir={run_dir}"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     with maybe_lock(lock):

@@ -15,9 +15,9 @@ from lightning_sparse_mtl.models.net import MultiTaskNet
 from lightning_sparse_mtl.mtl.tasks import build_tasks
 from lightning_sparse_mtl.runs.errors import UserError
 from lightning_sparse_mtl.sparsity import GroupSparsity, prune_zero_channels, sparsity_stats
+from lightning_sparse_mtl.sparsity.costs import MacsMeter
 from lightning_sparse_mtl.sparsity.coupled import CoupledGroup
 from lightning_sparse_mtl.sparsity.coupled_prox import coupled_norms, coupled_soft_threshold_
-from lightning_sparse_mtl.sparsity.costs import MacsMeter
 
 
 def _net(encoder: str = "resnet18", size: int = 32) -> tuple[MultiTaskNet, torch.Tensor]:
@@ -62,7 +62,7 @@ def _zero_some(gs: GroupSparsity, seed: int = 0) -> dict[str, int]:
     """Zero a random proper subset of every group's channels (through the prox's frozen mask)."""
     g_ = torch.Generator().manual_seed(seed)
     zeroed = {}
-    for i, g in enumerate(gs.groups):
+    for g in gs.groups:
         mask = torch.rand(g.num_groups, generator=g_) < 0.5
         mask[0], mask[-1] = True, False
         coupled_soft_threshold_(g, 0.0, mask)
@@ -146,8 +146,11 @@ def test_coupled_adam_prox_matches_an_independent_reference_every_step() -> None
     seen: list = []
     opt.register_step_post_hook(
         lambda o, a, k: seen.append(
-            ({id(p): p.detach().clone() for p in g.params}, {id(p): o.state[p]["exp_avg_sq"].clone() for p in g.params},
-             float(o.state[g.params[0]]["step"]))  # fmt: skip
+            (
+                {id(p): p.detach().clone() for p in g.params},
+                {id(p): o.state[p]["exp_avg_sq"].clone() for p in g.params},
+                float(o.state[g.params[0]]["step"]),
+            )  # fmt: skip
         )
     )
     gs.attach(opt)
@@ -162,7 +165,9 @@ def test_coupled_adam_prox_matches_an_independent_reference_every_step() -> None
             tau = lr * lam * float(g.sqrt_sizes()[c])
             ref = reference_adam_prox(_group_vectors(g, z, c), _group_vectors(g, d, c), tau)
             got = _group_vectors(g, now, c)
-            assert torch.equal(got == 0, ref == 0) and torch.allclose(got, ref, rtol=1e-6, atol=1e-9)  # tau_c is float32
+            assert torch.equal(got == 0, ref == 0) and torch.allclose(
+                got, ref, rtol=1e-6, atol=1e-9
+            )  # tau_c is float32
     assert 0 < int(gs.frozen(0).sum()) < g.num_groups
 
 

@@ -3,7 +3,8 @@
 Group weights (``sparsity.group_weight``):
   - ``sqrt_size``: the seed's ``sqrt(p_g)``, ``p_g = O*k*k`` (the group's number of weights).
   - ``macs``: proportional to the multiply-accumulates that removing input channel ``c`` saves in the layer
-    that reads it, ``O * k*k * H_out*W_out / groups`` at the training resolution (shapes from one traced
+    that reads it (coupled groups: in every layer that reads or writes the channel, :func:`coupled_group_macs`),
+    ``O * k*k * H_out*W_out / groups`` at the training resolution (shapes from one traced
     forward). They are rescaled so that their sum over all groups equals the sum of ``sqrt(p_g)``: lambda keeps
     its order of magnitude, only the split across layers changes (towards high-resolution layers).
 
@@ -23,7 +24,8 @@ from torch_pruning import ops
 
 from lightning_sparse_mtl.deploy.measure import _call
 from lightning_sparse_mtl.runs.errors import unknown_name
-from lightning_sparse_mtl.sparsity.channel_ops import read_mask
+from lightning_sparse_mtl.sparsity.channel_ops import is_depthwise, read_mask
+from lightning_sparse_mtl.sparsity.coupled import CoupledGroup
 from lightning_sparse_mtl.sparsity.groups import ConvGroup
 from lightning_sparse_mtl.sparsity.pruning import _group_keep_mask, build_graph
 
@@ -70,20 +72,46 @@ def group_macs(model: nn.Module, groups: Sequence[ConvGroup], example_inputs: An
     return out
 
 
-def group_weights(
-    kind: str, groups: Sequence[ConvGroup], model: nn.Module | None = None, example_inputs: Any = None
-) -> list[float]:
-    """Per-layer penalty/threshold weight of each group (one value per layer: all groups of a layer cost the same).
+def coupled_group_macs(model: nn.Module, groups: Sequence[CoupledGroup], example_inputs: Any) -> list[float]:
+    """Per channel space: MACs per sample that removing one of its channels saves, at ``example_inputs``' size:
+    every reader's input slice (``O*kh*kw*H_out*W_out / groups``), every writer's output row
+    (``I/groups*kh*kw*H_out*W_out``) and depthwise convs' ``kh*kw*H_out*W_out``."""
+    layers = list(dict.fromkeys(m for g in groups for m, _ in g.layers))
+    positions = _output_positions(model, example_inputs, layers)
+    batch = _batch_size(example_inputs)
+    out = []
+    for g in groups:
+        total = 0
+        for m, reads in g.layers:
+            if isinstance(m, nn.Linear):
+                per = m.out_features if reads else m.in_features
+            else:
+                k = m.weight[0, 0].numel()
+                per = k if is_depthwise(m) else (m.out_channels * k if reads else m.in_channels // m.groups * k)
+            total += per * positions.get(m, 0)
+        out.append(float(total) / batch)
+    return out
 
-    ``kind``: ``sqrt_size`` (sqrt(p_g)) or ``macs`` (needs ``model`` and ``example_inputs`` at the training
-    resolution); ``macs`` weights sum (over groups) to the same total as ``sqrt_size``.
+
+def group_weights(
+    kind: str,
+    groups: Sequence[ConvGroup | CoupledGroup],
+    model: nn.Module | None = None,
+    example_inputs: Any = None,
+) -> list[float]:
+    """Per-layer (per channel space) penalty/threshold weight of each group: one value per layer / space.
+
+    ``kind``: ``sqrt_size`` (sqrt(p_g); a space's mean for coupled groups) or ``macs`` (needs ``model`` and
+    ``example_inputs`` at the training resolution); ``macs`` weights sum (over groups) to the same total as
+    ``sqrt_size``.
     """
     if kind not in GROUP_WEIGHTS:
         raise unknown_name("sparsity.group_weight", kind, GROUP_WEIGHTS)
-    sqrt = [g.sqrt_p for g in groups]
+    sqrt = [float(g.sqrt_sizes().mean()) for g in groups]
     if kind == "sqrt_size":
         return sqrt
-    macs = group_macs(model, groups, example_inputs)
+    coupled = any(isinstance(g, CoupledGroup) for g in groups)
+    macs = (coupled_group_macs if coupled else group_macs)(model, groups, example_inputs)
     total_sqrt = sum(w * g.num_groups for w, g in zip(sqrt, groups))
     total_macs = sum(m * g.num_groups for m, g in zip(macs, groups))
     if total_macs <= 0:

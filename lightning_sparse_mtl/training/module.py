@@ -61,7 +61,18 @@ class SparseMTLModule(L.LightningModule):
             raise unknown_name("sparsity.group_weight", self.group_weight_kind, GROUP_WEIGHTS)
         start = self.target_settings["initial"] if self.target_settings else self.sparsity_weight
         # the whole method runs inside optimizer.step(): attached in configure_optimizers
-        self.sparsity = GroupSparsity.from_module(self.net.get_submodule(target), start, prefix=f"net.{target}.", **sp)
+        if sp.get("groups", "input") == "coupled":  # channel spaces of the whole net (heads may join), traced once
+            from lightning_sparse_mtl.deploy.compact import input_size_of
+
+            example = torch.rand(1, 3, *input_size_of(cfg))
+            self.sparsity = GroupSparsity.from_module(
+                self.net, start, prefix="net.", example_inputs=example, shared=target, **sp
+            )
+        else:
+            sp.pop("coupled_heads", None)
+            self.sparsity = GroupSparsity.from_module(
+                self.net.get_submodule(target), start, prefix=f"net.{target}.", **sp
+            )
         self.target: TargetSparsity | None = None  # built at fit start (needs steps per epoch and the resolution)
         self._target_state: dict | None = None  # from a checkpoint, applied when the controller is built
         self.metrics = nn.ModuleDict(

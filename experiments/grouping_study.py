@@ -1,0 +1,95 @@
+"""Input vs coupled groups on the ``digits_sparse`` recipe (10 epochs, 3 tasks, 48 px): MACs targets, then seeds.
+
+    python experiments/grouping_study.py                     # the queue below, resumable (finished jobs skipped)
+    python experiments/grouping_study.py --max-jobs 1        # one more job, then the report
+    python experiments/grouping_study.py --report-only       # tables from the finished jobs
+    python experiments/grouping_study.py --tiny --out /tmp/g # the pipeline end to end in ~2 min
+
+Every job is ``python -m lightning_sparse_mtl.train experiment=digits_sparse <overrides>`` in ``<out>/runs/<job>``
+(the runner of ``digits_study.py``: a dir with ``results.json`` is done; a dir without it is cleared and rerun).
+Jobs: the λ = 0 run of equal length, then ``sparsity.groups`` ∈ {input, coupled} × ``sparsity.target_macs`` ∈
+{0.12, 0.25, 0.08} (seed 0), then seeds 1 and 2 at 0.25 and 0.12. The order puts the goal point (≤ 0.12 of the
+dense MACs) first. Outputs: ``summary.csv``/``summary.md`` (``report``), ``study.json`` (commands, wall times).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
+
+from digits_study import TINY, run_job  # noqa: E402
+
+from lightning_sparse_mtl.reporting.aggregate import write_report  # noqa: E402
+
+GROUPINGS = ("coupled", "input")
+
+
+def _sparse(grouping: str, target: float, seed: int) -> tuple[str, list[str]]:
+    return f"{grouping}_m{target:g}_s{seed}", [f"sparsity.groups={grouping}", f"sparsity.target_macs={target}",
+                                               f"seed={seed}"]  # fmt: skip
+
+
+def jobs(targets: list[float], seeds: list[int], seed_targets: list[float]) -> list[tuple[str, list[str]]]:
+    """``[(job name, overrides)]`` in the order they run: the goal point's coupled run first, then the dense
+    reference, then both groupings at every target (seed 0), then per further seed its dense run and both
+    groupings at ``seed_targets``."""
+    out = [_sparse("coupled", targets[0], 0), ("dense_s0", ["lambda=0", "seed=0"])]
+    for target in targets:
+        out += [_sparse(g, target, 0) for g in GROUPINGS]
+    for seed in (s for s in seeds if s != 0):
+        out.append((f"dense_s{seed}", ["lambda=0", f"seed={seed}"]))
+        out += [_sparse(g, t, seed) for t in seed_targets for g in GROUPINGS]
+    unique: dict[str, list[str]] = {}
+    for name, overrides in out:
+        unique.setdefault(name, overrides)
+    return list(unique.items())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=str(ROOT / "experiments" / "results" / "grouping"))
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.12, 0.25, 0.08])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seed-targets", type=float, nargs="+", default=[0.25, 0.12])
+    parser.add_argument("--tiny", action="store_true", help="tiny images and few steps: check the pipeline")
+    parser.add_argument("--lock", default=None, help="flock this file around each job")
+    parser.add_argument("--max-jobs", type=int, default=None, help="run at most this many new jobs, then stop")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--dry-run", action="store_true", help="print the jobs and exit")
+    parser.add_argument("overrides", nargs="*", help="extra train overrides for every job")
+    args = parser.parse_args(argv)
+    out = Path(args.out).resolve()
+    runs_dir = out / "runs"
+    extra = [*(TINY if args.tiny else []), *args.overrides]
+    todo = jobs(args.targets, args.seeds, args.seed_targets)
+    if args.dry_run:
+        for name, overrides in todo:
+            print(name, " ".join(["experiment=digits_sparse", *extra, *overrides]))
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "study.json"
+    log = json.loads(log_path.read_text()) if log_path.is_file() else {"jobs": {}}
+    log["extra_overrides"] = extra
+    ran = 0
+    for i, (name, overrides) in enumerate(todo):
+        if args.report_only or (args.max_jobs is not None and ran >= args.max_jobs):
+            break
+        wall = run_job(runs_dir / name, overrides, extra, args.lock, experiment="digits_sparse")
+        print(f"[{i + 1}/{len(todo)}] {name}: {'skipped (finished)' if wall is None else f'{wall:.0f} s'}", flush=True)
+        if wall is not None:
+            ran += 1
+            log["jobs"][name] = {"overrides": overrides, "wall_s": wall}
+            log_path.write_text(json.dumps(log, indent=2))
+    if runs_dir.is_dir():
+        report = write_report(runs_dir, out)
+        print(f"report: {len(report['rows'])} run(s) -> {out}/summary.md")
+
+
+if __name__ == "__main__":
+    main()
