@@ -26,7 +26,7 @@ from lightning_sparse_mtl.runs.validate import (
     check_writable_file,
     require_ckpt_path,
 )
-from lightning_sparse_mtl.runs.validate_train import check_trainer
+from lightning_sparse_mtl.runs.validate_train import check_num_nodes, check_trainer
 
 
 def evaluate(
@@ -65,6 +65,7 @@ def main(cfg: DictConfig) -> None:
             check_writable_file(cfg.output, "output")  # before the test loop, not after
         trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k != "_target_"}
         check_trainer(trainer)
+        check_num_nodes(trainer.get("num_nodes", 1))  # no cluster: the test loop would wait forever
         if cfg.get("batch_size") is not None:
             check_int("batch_size", cfg.batch_size, 1, example=32)
         if cfg.get("data_root") is not None:

@@ -107,7 +107,7 @@ def collect_results(cfg: DictConfig, module: SparseMTLModule, test_metrics: dict
         "sparsity/weight_sparsity": stats["weight_sparsity"],
         "params": sum(p.numel() for p in module.net.parameters()),
         "wall_time_s": time.perf_counter() - start,
-        "lambda": module.sparsity_weight,
+        "lambda": module.sparsity_weight if module.sparsity.active else 0.0,  # sparsity=none: a dense run
         "seed": cfg.seed,
         "versions": package_versions(),
         "git_commit": git_commit(),

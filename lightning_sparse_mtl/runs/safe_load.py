@@ -85,13 +85,11 @@ def read_torch_file(
 
 
 def check_is_data(path: str | os.PathLike, *, trust: bool = False, hint: str = TRUST_HINT) -> None:
-    """A quick look before a run starts (no tensor is read from a zip checkpoint): ``path`` names no global
-    beyond :data:`ALLOWED_GLOBALS`. The real load (:func:`read_torch_file`) checks again."""
+    """A quick look before a run starts (no tensor is read): a zip torch file (what ``torch.save`` and Lightning
+    write) names no global beyond :data:`ALLOWED_GLOBALS`. Other files are left to the real load
+    (:func:`read_torch_file`), which checks everything again."""
     path = Path(path)
-    if trust:
-        return
-    if not zipfile.is_zipfile(path):  # the legacy format (or junk): read it as data
-        read_torch_file(path, hint=hint)
+    if trust or not zipfile.is_zipfile(path):
         return
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from lightning_sparse_mtl.runs.errors import UserError
 from lightning_sparse_mtl.runs.safe_load import check_is_data
@@ -41,6 +44,9 @@ def validate_train_config(cfg: Any) -> list[str]:
     check_nested_targets(cfg)  # before the optimizer and scheduler are instantiated below
     check_int("seed", get(cfg, "seed"), 0, 2**32 - 1, example=0)
     check_trainer(get(cfg, "trainer") or {})
+    launcher = OmegaConf.select(cfg, "hydra.launcher._target_", default=None) if isinstance(cfg, DictConfig) else None
+    if not launcher or "basic_launcher" in str(launcher):  # a cluster launcher (submitit) starts the nodes itself
+        check_num_nodes(get(cfg, "trainer.num_nodes", 1))
     check_data(get(cfg, "data") or {})
     specs = check_tasks(cfg)
     tasks = [s.name for s in specs]
@@ -118,11 +124,27 @@ def check_task_weights(weights: Any, tasks: list[str]) -> None:
 
 def check_model(cfg: Any, specs: list) -> None:
     from lightning_sparse_mtl.models.heads import DENSE_HEADS
+    from lightning_sparse_mtl.models.net import MultiTaskNet
+    from lightning_sparse_mtl.models.pretrained import input_stats
 
     model = get(cfg, "model") or {}
+    if not isinstance(model, Mapping):
+        raise UserError(f"model must be a config of MultiTaskNet arguments, got {model!r}")
+    unknown_keys("model", model, [p for p in inspect.signature(MultiTaskNet.__init__).parameters if p not in
+                                  ("self", "tasks")])  # fmt: skip
     if not isinstance(model.get("encoder"), str):
         raise UserError(f"model.encoder must be an encoder name, got {model.get('encoder')!r}")
-    check_choice("model.output_stride", model.get("output_stride", 32), (8, 16, 32))
+    stride = model.get("output_stride", 32)
+    if type(stride) is not int or stride not in (8, 16, 32):  # 8.0 == 8, but the encoder needs an int
+        raise UserError(f"model.output_stride must be one of 8, 16, 32; got {stride!r}")
+    normalize = model.get("normalize", "auto")
+    if normalize != "auto":  # auto depends on the weights, checked when they load
+        try:
+            input_stats(model["encoder"], None, normalize)
+        except (TypeError, ValueError):
+            raise UserError(
+                f"model.normalize needs mean: [r, g, b] and std: [r, g, b] as numbers, got {normalize!r}"
+            ) from None
     check_encoder_builds(model["encoder"], model.get("output_stride", 32))
     DENSE_HEADS.get(model.get("head", "conv"))  # "unknown head 'x'; valid: ..." (the registry's message)
     check_int("model.head_channels", model.get("head_channels", 64), 1, example=64)
@@ -150,8 +172,12 @@ def check_model(cfg: Any, specs: list) -> None:
 def check_weighting(node: Any) -> None:
     from lightning_sparse_mtl.mtl.weighting import WEIGHTINGS
 
+    if node is not None and not isinstance(node, Mapping):
+        raise UserError(f"weighting must be a config with a name (fixed, uncertainty, dwa), got {node!r}")
     node = dict(node or {"name": "fixed"})
-    WEIGHTINGS.get(node.pop("name", "fixed"))
+    cls = WEIGHTINGS.get(node.pop("name", "fixed"))
+    options = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "tasks", "weights")]
+    unknown_keys("weighting", node, ["name", *options])
     if "temperature" in node:
         check_number("weighting.temperature", node["temperature"], 0, lo_open=True, example=2.0)
 
@@ -215,7 +241,8 @@ def sparsity_keys() -> list[str]:
     names = set(inspect.signature(GroupSparsity.__init__).parameters) | set(
         inspect.signature(GroupSparsity.from_module).parameters
     )
-    return sorted((names - {"self", "cls", "groups", "sparsity_weight", "kwargs", "prefix"}) | {"module", *TARGET_KEYS})
+    internal = {"self", "cls", "sparsity_weight", "kwargs", "prefix", "example_inputs", "shared"}
+    return sorted((names - internal) | {"module", *TARGET_KEYS})
 
 
 def check_sparsity(sp: Mapping, lam: float, opt_cls: type) -> None:
@@ -225,12 +252,18 @@ def check_sparsity(sp: Mapping, lam: float, opt_cls: type) -> None:
     unknown_keys("sparsity", sp, sparsity_keys())
     prox = sp.get("prox", "adam")
     controller.PROX.get(prox)
+    for key, lo, hi in (("target_lambda_init", 0, None), ("max_layer_sparsity", 0, 1), ("target_epoch", 0, None)):
+        if sp.get(key) is not None:  # types here; ranges and conflicts in target_settings
+            check_number(f"sparsity.{key}", sp[key], lo, hi, lo_open=True, example={"target_epoch": 7}.get(key, 0.5))
+    if sp.get("target_every") is not None:
+        check_int("sparsity.target_every", sp["target_every"], 1, example=10)
     target_settings(dict(sp), lam, prox)  # target / target_macs / lambda conflicts, before any work
     check_choice("sparsity.schedule", sp.get("schedule", "constant"), controller.SCHEDULES)
     from lightning_sparse_mtl.sparsity.costs import GROUP_WEIGHTS
 
     check_choice("sparsity.group_weight", sp.get("group_weight", "sqrt_size"), sorted(GROUP_WEIGHTS))
-    for key in ("penalty_grad", "revive", "exclude_image_conv"):
+    check_choice("sparsity.groups", sp.get("groups", "input"), controller.GROUPINGS)
+    for key in ("penalty_grad", "revive", "exclude_image_conv", "coupled_heads"):
         if key in sp:
             check_bool(f"sparsity.{key}", sp[key])
     if sp.get("penalty_in_loss") is not None:
@@ -301,6 +334,20 @@ def check_trainer(tr: Mapping) -> None:
         raise UserError(f"trainer.strategy must be a strategy name (auto, ddp, ...); got {tr['strategy']!r}")
 
 
+def check_num_nodes(num_nodes: Any) -> None:
+    """``trainer.num_nodes > 1`` needs a cluster that starts the other nodes (otherwise the run waits forever)."""
+    if not isinstance(num_nodes, int) or num_nodes <= 1:
+        return
+    from lightning.fabric.plugins import environments as envs
+
+    clusters = (envs.SLURMEnvironment, envs.TorchElasticEnvironment, envs.LSFEnvironment, envs.MPIEnvironment)
+    if any(env.detect() for env in clusters) or {"NODE_RANK", "MASTER_ADDR"} <= set(os.environ):
+        return
+    raise UserError(f"trainer.num_nodes={num_nodes} but no cluster starts the other nodes (no SLURM, torchrun, LSF "
+                    "or MPI environment; NODE_RANK and MASTER_ADDR unset), so the run would wait forever: use "
+                    "launcher=slurm, torchrun, or num_nodes=1 with trainer.devices=N on one machine")  # fmt: skip
+
+
 def check_data(data: Mapping) -> None:
     check_int("data.batch_size", data.get("batch_size", 32), 1, example=16)
     if data.get("eval_batch_size") is not None:
@@ -342,6 +389,9 @@ def check_baselines_and_metric(cfg: Any, specs: list) -> set[str]:
             held = ", ".join(sorted(loaded)) or "none"
             raise UserError(f"baselines share no metric with this run's tasks (they hold {held}); "
                             "give the single-task runs of these tasks")  # fmt: skip
+        zero = sorted(k for k in overlap if loaded[k] == 0)
+        if zero:  # found now, not after training (delta_m divides by each baseline)
+            raise UserError(f"baseline {zero[0]} is 0; Δm divides by the baseline, give a non-zero value")
         keys.add("test/delta_m")
     metric = get(cfg, "optimized_metric")
     if metric is not None and (not isinstance(metric, str) or metric not in keys):

@@ -1,0 +1,101 @@
+"""Bad inputs of issue 23 (classes 2 and 4): one ``error:`` line, exit 2, nothing written; or the right behaviour."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers.runs import SHORT, TINY, run_module
+from omegaconf import OmegaConf, open_dict
+from torch import nn
+
+from lightning_sparse_mtl.runs.errors import UserError
+from lightning_sparse_mtl.runs.run_dir import RunGuard
+from lightning_sparse_mtl.sparsity.controller import GroupSparsity
+
+CLUSTER_VARS = ("SLURM_NTASKS", "SLURM_JOB_NAME", "TORCHELASTIC_RUN_ID", "GROUP_RANK", "LSB_JOBID", "KUBERNETES_PORT",
+                "NODE_RANK", "MASTER_ADDR")  # fmt: skip
+
+REFUSED = [
+    (["model.normalize=nope"], "model.normalize must be auto, none, imagenet"),
+    (["model.normalize={mean: [a, b, c], std: [1, 1, 1]}"], "model.normalize needs mean"),
+    (["model.output_stride=8.0"], "model.output_stride must be one of 8, 16, 32; got 8.0"),
+    (["+model.foo=1"], "unknown model option 'foo'"),
+    (["+weighting.foo=1"], "unknown weighting option 'foo'; valid: name"),
+    (["weighting=dwa", "+weighting.temp=2"], "unknown weighting option 'temp'; valid: name, temperature"),
+    (["sparsity.target=0.5", "sparsity.target_lambda_init=abc"], "sparsity.target_lambda_init must be a finite"),
+    (["sparsity.target=0.5", "sparsity.max_layer_sparsity=abc"], "sparsity.max_layer_sparsity must be a finite"),
+    (["sparsity.target=0.5", "sparsity.target_every=1.5"], "sparsity.target_every must be an integer"),
+    (["baselines={test/seg/miou: 0}"], "baseline test/seg/miou is 0"),
+    (["trainer.num_nodes=2"], "trainer.num_nodes=2 but no cluster starts the other nodes"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), REFUSED, ids=[" ".join(o) for o, _ in REFUSED])
+def test_refused_before_the_run_dir_exists(overrides, message, train_cfg, tmp_path, monkeypatch, capsys) -> None:
+    """The Hydra callback that runs before Hydra writes anything refuses each in one line; no run dir appears."""
+    for var in CLUSTER_VARS:
+        monkeypatch.delenv(var, raising=False)
+    cfg = train_cfg(*overrides)
+    run_dir = tmp_path / "refused"
+    OmegaConf.set_readonly(cfg.hydra, False)
+    with open_dict(cfg):
+        cfg.hydra.run.dir = str(run_dir)
+    with pytest.raises(SystemExit) as exit_:
+        RunGuard().on_run_start(cfg)
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert exit_.value.code == 2 and len(errors) == 1 and message in errors[0], errors
+    assert not run_dir.exists()
+
+
+def test_unknown_model_key_from_the_command_line_is_one_line(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = run_module("lightning_sparse_mtl.train", *TINY, f"hydra.run.dir={run_dir}", "+model.foo=1")
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "unknown model option 'foo'" in errors[0] and not run_dir.exists()
+
+
+def test_evaluate_refuses_num_nodes_without_a_cluster(tmp_path: Path, monkeypatch, capsys) -> None:
+    from lightning_sparse_mtl import evaluate
+
+    for var in CLUSTER_VARS:
+        monkeypatch.delenv(var, raising=False)
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes(b"never read")
+    monkeypatch.setattr(sys, "argv", ["evaluate", f"ckpt_path={ckpt}", "trainer.num_nodes=2"])
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main()
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert exit_.value.code == 2 and len(errors) == 1 and "trainer.num_nodes=2" in errors[0], errors
+
+
+def test_dense_preset_records_lambda_zero(train_cfg) -> None:
+    """``sparsity=none lambda=1e-3`` trains dense: results.json says lambda 0 (the report calls it dense)."""
+    from lightning_sparse_mtl.train import train
+
+    cfg = train_cfg("sparsity=none", "lambda=1e-3", *SHORT)
+    results = train(cfg)
+    assert results["lambda"] == 0.0 and results["sparsity/group_sparsity"] == 0.0
+    run_dir = Path(results["run_dir"])
+    assert json.loads((run_dir / "results.json").read_text())["lambda"] == 0.0
+
+
+def small_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+
+
+def test_two_group_sparsity_on_one_optimizer_is_refused() -> None:
+    net = small_net()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    first = GroupSparsity.from_module(net, 1e-3).attach(opt)
+    second = GroupSparsity.from_module(net, 1e-3)
+    with pytest.raises(UserError, match="already has a GroupSparsity attached"):
+        second.attach(opt)
+    first.attach(opt)  # re-attaching the same one replaces its own hooks
+    first.detach()
+    second.attach(opt)  # once the first is detached, another may attach
+    assert second.attached and not first.attached
