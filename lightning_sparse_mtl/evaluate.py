@@ -37,6 +37,7 @@ def evaluate(
     read as data and its config may name only known targets, unless ``trust_checkpoint``: runs code from it)."""
     import lightning as L  # here, not at the top: a bad path or checkpoint fails before seconds of imports
 
+    from lightning_sparse_mtl.data.checks import check_eval_batches
     from lightning_sparse_mtl.runs.checkpoints import load_any
 
     module = load_any(ckpt_path, trust_checkpoint)
@@ -46,6 +47,7 @@ def evaluate(
         data_cfg["eval_batch_size"] = batch_size
     datamodule = instantiate(data_cfg)
     kwargs = {"enable_model_summary": False, **(trainer_kwargs or {}), "logger": False, "enable_checkpointing": False}
+    check_eval_batches(datamodule, kwargs, ("test",))  # a fraction of the test batches that rounds to none
     trainer = L.Trainer(**kwargs)
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     if not results:

@@ -31,7 +31,27 @@ REFUSED = [
     (["sparsity.target=0.5", "sparsity.target_every=1.5"], "sparsity.target_every must be an integer"),
     (["baselines={test/seg/miou: 0}"], "baseline test/seg/miou is 0"),
     (["trainer.num_nodes=2"], "trainer.num_nodes=2 but no cluster starts the other nodes"),
+    (["trainer.precision=bf16-true", "lambda=1e-4"], "trainer.precision=bf16-true with lambda > 0"),
+    (["trainer.precision=16-true", "sparsity.target=0.5"], "use trainer.precision=16-mixed"),
+    (["data.dataset.cards=[4,2]"], "data.dataset.cards must be [min, max]"),
+    (["data.dataset.seed=-1"], "data.dataset.seed must be an integer >= 0"),
 ]
+
+# The class fix for unknown keys and wrong types: every config group, both kinds, one line before the run dir.
+GROUPS = {  # group: (a wrong-typed value, the message naming it)
+    "model": ("model.head_channels=abc", "model.head_channels must be an integer"),
+    "weighting": ("weighting.name=3", "unknown weighting 3"),
+    "sparsity": ("sparsity.warmup_epochs=abc", "sparsity.warmup_epochs must be an integer"),
+    "data": ("data.batch_size=abc", "data.batch_size must be an integer"),
+    "data.dataset": ("data.dataset.image_size=abc", "data.dataset.image_size must be an integer"),
+    "data.splits.train": ("data.splits.train.num_scenes=abc", "data.splits.train.num_scenes must be an integer"),
+    "trainer": ("trainer.max_epochs=abc", "trainer.max_epochs must be an integer"),
+    "optimizer": ("optimizer.lr=abc", "optimizer.lr must be a finite number"),
+    "scheduler": ("scheduler.T_max=abc", "scheduler.T_max must be an integer"),
+    "prune": ("prune.round_to=abc", "prune.round_to must be an integer"),
+    "callbacks.model_checkpoint": ("callbacks.model_checkpoint._target_=3", "must be a dotted import path"),
+}
+REFUSED += [([f"+{group}.zzz=1"], "'zzz'") for group in GROUPS] + [([bad], msg) for bad, msg in GROUPS.values()]
 
 
 @pytest.mark.parametrize(("overrides", "message"), REFUSED, ids=[" ".join(o) for o, _ in REFUSED])
@@ -73,15 +93,68 @@ def test_evaluate_refuses_num_nodes_without_a_cluster(tmp_path: Path, monkeypatc
     assert exit_.value.code == 2 and len(errors) == 1 and "trainer.num_nodes=2" in errors[0], errors
 
 
-def test_dense_preset_records_lambda_zero(train_cfg) -> None:
-    """``sparsity=none lambda=1e-3`` trains dense: results.json says lambda 0 (the report calls it dense)."""
+@pytest.fixture(scope="module")
+def dense_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One short run of ``sparsity=none lambda=1e-3`` (dense), shared by the tests below."""
+    import os
+
+    from conftest import compose_train_cfg
+
     from lightning_sparse_mtl.train import train
 
-    cfg = train_cfg("sparsity=none", "lambda=1e-3", *SHORT)
-    results = train(cfg)
-    assert results["lambda"] == 0.0 and results["sparsity/group_sparsity"] == 0.0
-    run_dir = Path(results["run_dir"])
+    os.environ.setdefault("LSMTL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    return train(compose_train_cfg(tmp_path_factory.mktemp("dense"), ["sparsity=none", "lambda=1e-3", *SHORT]))
+
+
+def test_dense_preset_records_lambda_zero(dense_results: dict) -> None:
+    """``sparsity=none lambda=1e-3`` trains dense: results.json says lambda 0 (the report calls it dense)."""
+    assert dense_results["lambda"] == 0.0 and dense_results["sparsity/group_sparsity"] == 0.0
+    run_dir = Path(dense_results["run_dir"])
     assert json.loads((run_dir / "results.json").read_text())["lambda"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer.val_check_interval=10"], "trainer.val_check_interval=10 is more than the 4 train batches"),
+        (["trainer.limit_test_batches=0.5"], "trainer.limit_test_batches=0.5 of the 1 test batches is 0 batches"),
+        (["trainer.limit_val_batches=0.5"], "trainer.limit_val_batches=0.5 of the 1 val batches is 0 batches"),
+    ],
+)
+def test_batch_limits_that_round_to_nothing_are_refused_before_training(overrides, message, train_cfg) -> None:
+    from lightning_sparse_mtl.train import train
+
+    cfg = train_cfg(*overrides)
+    with pytest.raises(UserError, match=message):
+        train(cfg)
+    assert not (Path(cfg.hydra.runtime.output_dir) / "checkpoints").exists()
+
+
+def test_evaluate_refuses_a_test_fraction_of_no_batch(dense_results: dict) -> None:
+    from lightning_sparse_mtl.evaluate import evaluate
+
+    with pytest.raises(UserError, match="trainer.limit_test_batches=0.5 of the 1 test batches"):
+        evaluate(dense_results["ckpt_path"], trainer_kwargs={"limit_test_batches": 0.5})
+
+
+def test_checkpoint_whose_config_is_not_a_model_of_this_package(dense_results: dict, tmp_path: Path) -> None:
+    from lightning_sparse_mtl.prune import prune_checkpoint
+    from lightning_sparse_mtl.runs.checkpoints import load_module, save_pruned
+
+    ckpt = torch.load(dense_results["ckpt_path"], weights_only=True)
+    ckpt["hyper_parameters"]["cfg"]["model"] = {"encoder": "resnet18", "layers": 12}  # another project's model
+    torch.save(ckpt, tmp_path / "other.ckpt")
+    with pytest.raises(UserError, match=r"other\.ckpt: its config does not describe a model.*layers"):
+        prune_checkpoint(str(tmp_path / "other.ckpt"))
+    module = load_module(dense_results["ckpt_path"])
+    path = save_pruned(tmp_path / "pruned.pt", module.net, module.cfg, {})
+    obj = torch.load(path, weights_only=True)
+    del obj["config"]
+    torch.save(obj, path)
+    from lightning_sparse_mtl.evaluate import evaluate
+
+    with pytest.raises(UserError, match="holds no model config"):
+        evaluate(str(path))
 
 
 def small_net() -> nn.Module:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -123,11 +124,29 @@ def check_train_steps(datamodule: Any, trainer_cfg: Mapping, tasks: Iterable[str
     limit = trainer_cfg.get("limit_train_batches")
     if isinstance(limit, float) and int(n // bs * limit) == 0:
         raise UserError(f"trainer.limit_train_batches={limit} of {n // bs} batches is 0 batches; raise it")
+    steps = n // bs if limit is None else int(n // bs * limit) if isinstance(limit, float) else min(limit, n // bs)
+    vci = trainer_cfg.get("val_check_interval")
+    if isinstance(vci, int) and vci > steps and trainer_cfg.get("check_val_every_n_epoch", 1) is not None:
+        raise UserError(f"trainer.val_check_interval={vci} is more than the {steps} train batches of an epoch; "
+                        f"give <= {steps}, a fraction (e.g. 0.5), or trainer.check_val_every_n_epoch=null")  # fmt: skip
     for split in ("val", "test"):
         if len(datamodule.build(split)) == 0:
             raise UserError(f"the {split} split is empty; its metrics would be undefined (check the data splits)")
+    check_eval_batches(datamodule, trainer_cfg)
     if "seg" in tasks:
         check_label_range(datamodule)
+
+
+def check_eval_batches(datamodule: Any, trainer_cfg: Mapping, splits: Iterable[str] = ("val", "test")) -> None:
+    """A fraction ``trainer.limit_{val,test}_batches`` of the split's batches is at least one batch."""
+    for split in splits:
+        limit = trainer_cfg.get(f"limit_{split}_batches")
+        if not isinstance(limit, float) or limit == 0:
+            continue
+        batches = math.ceil(len(datamodule.build(split)) / datamodule.eval_batch_size)
+        if int(batches * limit) == 0:
+            raise UserError(f"trainer.limit_{split}_batches={limit} of the {batches} {split} batches is 0 batches; "
+                            f"raise it (e.g. trainer.limit_{split}_batches=1)")  # fmt: skip
 
 
 def check_label_range(datamodule: Any) -> None:

@@ -54,17 +54,30 @@ def load_module(path: str | os.PathLike, trust: bool = False):
     if not isinstance(cfg, dict) or "state_dict" not in ckpt:
         raise UserError(f"{path} is not a lightning-sparse-mtl training checkpoint (no config inside)")
     check_stored_config(cfg, path, trust)
-    from lightning_sparse_mtl.models.pretrained import restoring  # imported once the file is known good: Lightning
-    from lightning_sparse_mtl.training.module import SparseMTLModule  # is seconds of start-up
-
-    with restoring():  # the checkpoint holds the weights: do not re-read model.weights
-        module = SparseMTLModule(cfg)
+    module = _module_from_config(cfg, path)
     try:
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else "shape mismatch"
         raise UserError(f"{path} does not match the model its config describes: {first}") from None
     return module.eval()
+
+
+def _module_from_config(cfg: dict, path: str | os.PathLike):
+    """The SparseMTLModule a stored config describes (weights not re-read); a config this package cannot build
+    (another project's, a model it does not know) is one line naming the file."""
+    from lightning_sparse_mtl.models.pretrained import restoring  # imported once the file is known good: Lightning
+    from lightning_sparse_mtl.training.module import SparseMTLModule  # is seconds of start-up
+
+    try:
+        with restoring():  # the checkpoint holds the weights: do not re-read model.weights
+            return SparseMTLModule(cfg)
+    except UserError as err:
+        raise UserError(f"{path}: its config does not build: {err}") from None
+    except (TypeError, KeyError, ValueError, AttributeError) as err:
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise UserError(f"{path}: its config does not describe a model of lightning-sparse-mtl "
+                        f"({type(err).__name__}: {first})") from None  # fmt: skip
 
 
 def check_resume(module: torch.nn.Module, path: str | os.PathLike, trust: bool = False) -> dict[str, int]:
@@ -133,15 +146,17 @@ def _pruned_from(obj: dict, path: str | os.PathLike, trust: bool = False) -> dic
         return {"model": obj["model"].eval(), "config": obj["config"], "report": obj["report"]}
     from lightning_sparse_mtl.training.module import build_net
 
-    cfg = obj["config"]
+    cfg = obj.get("config")
     if not isinstance(cfg, dict):
         raise UserError(f"{path} holds no model config (found {type(cfg).__name__}); re-run prune on its checkpoint")
     try:
         net = apply_architecture(build_net(cfg), obj["architecture"], obj["state_dict"])
-    except (ValueError, RuntimeError) as err:
+    except UserError as err:
+        raise UserError(f"{path}: its config does not build: {err}") from None
+    except (ValueError, RuntimeError, TypeError, KeyError, AttributeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{path} does not fit the model its config describes: {first}") from None
-    return {"model": net.eval(), "config": cfg, "report": obj["report"]}
+    return {"model": net.eval(), "config": cfg, "report": obj.get("report") or {}}
 
 
 def load_pruned(path: str | os.PathLike, trust: bool = False) -> dict:
@@ -158,12 +173,8 @@ def load_any(path: str | os.PathLike, trust: bool = False):
     ``trust`` as in :func:`load_module`."""
     obj = _read(path, trust)
     if is_pruned_file(obj):
-        from lightning_sparse_mtl.models.pretrained import restoring
-        from lightning_sparse_mtl.training.module import SparseMTLModule
-
         pruned = _pruned_from(obj, path, trust)
-        with restoring():
-            module = SparseMTLModule(pruned["config"])
+        module = _module_from_config(pruned["config"], path)
         module.net = pruned["model"]
         return module.eval()
     return load_module(path, trust)

@@ -32,7 +32,10 @@ from lightning_sparse_mtl.runs.validate import (
     trainer_arg_names,
     unknown_keys,
 )  # fmt: skip
+from lightning_sparse_mtl.runs.validate_objects import check_data_objects, check_keys, check_object_kwargs
 
+PRUNE_KEYS = ("after_train", "latency_repeats", "min_run_time", "batch_sizes", "round_to", "fold_bn", "channels_last",
+              "threads", "export")  # fmt: skip
 EXTRA_RESULT_KEYS = ("sparsity/group_sparsity", "sparsity/weight_sparsity", "params", "wall_time_s")
 
 
@@ -48,6 +51,7 @@ def validate_train_config(cfg: Any) -> list[str]:
     if not launcher or "basic_launcher" in str(launcher):  # a cluster launcher (submitit) starts the nodes itself
         check_num_nodes(get(cfg, "trainer.num_nodes", 1))
     check_data(get(cfg, "data") or {})
+    check_data_objects(get(cfg, "data") or {})
     specs = check_tasks(cfg)
     tasks = [s.name for s in specs]
     check_task_weights(get(cfg, "task_weights"), tasks)
@@ -65,7 +69,9 @@ def validate_train_config(cfg: Any) -> list[str]:
         raise UserError("test_ckpt=best needs a monitored metric: callbacks.model_checkpoint.monitor=val/seg/miou "
                         "(and callbacks.model_checkpoint.mode=max), or test_ckpt=last")  # fmt: skip
     check_baselines_and_metric(cfg, specs)
+    check_keys("prune", get(cfg, "prune") or {}, list(PRUNE_KEYS))
     check_prune_options(get(cfg, "prune") or {}, "prune.", "latency_repeats")
+    check_precision(get(cfg, "trainer.precision"), lam, get(cfg, "sparsity") or {})
     for group in ("callbacks", "logger"):  # not resolved: their paths interpolate ${hydra:runtime.output_dir}
         nodes = cfg.get(group) if hasattr(cfg, "get") else None
         for name in list(nodes or {}):
@@ -73,7 +79,7 @@ def validate_train_config(cfg: Any) -> list[str]:
             if node is not None:
                 if not isinstance(node, Mapping):
                     raise UserError(f"{group}.{name} must be a config with _target_ or null, got {node!r}")
-                locate_class(f"{group}.{name}", node.get("_target_"))
+                check_object_kwargs(f"{group}.{name}", node)
     return tasks
 
 
@@ -334,6 +340,15 @@ def check_trainer(tr: Mapping) -> None:
         raise UserError(f"trainer.strategy must be a strategy name (auto, ddp, ...); got {tr['strategy']!r}")
 
 
+def check_precision(precision: Any, lam: float, sp: Mapping) -> None:
+    """Pure half precision with sparsity is refused: the pruning figures and the prune step run float32 probes."""
+    sparse = lam > 0 or sp.get("target") is not None or sp.get("target_macs") is not None
+    if sparse and str(precision) in ("bf16-true", "16-true"):
+        raise UserError(f"trainer.precision={precision} with lambda > 0 or a sparsity target is not supported: the "
+                        "pruning figures and the prune step run float32 probes through the net; use "
+                        f"trainer.precision={str(precision).replace('true', 'mixed')} (float32 weights)")  # fmt: skip
+
+
 def check_num_nodes(num_nodes: Any) -> None:
     """``trainer.num_nodes > 1`` needs a cluster that starts the other nodes (otherwise the run waits forever)."""
     if not isinstance(num_nodes, int) or num_nodes <= 1:
@@ -370,6 +385,13 @@ def check_data(data: Mapping) -> None:
     for key in ("image_size",):
         if isinstance(dataset, Mapping) and key in dataset:
             check_int(f"data.dataset.{key}", dataset[key], 8, example=48)
+    cards = dataset.get("cards", [2, 4]) if isinstance(dataset, Mapping) else [2, 4]
+    if not (isinstance(cards, list) and len(cards) == 2 and all(type(c) is int for c in cards)
+            and 1 <= cards[0] <= cards[1] <= 254):  # fmt: skip
+        raise UserError(f"data.dataset.cards must be [min, max] cards per image with 1 <= min <= max <= 254, got "
+                        f"{cards!r}; e.g. data.dataset.cards=[2,4]")  # fmt: skip
+    if isinstance(dataset, Mapping) and "seed" in dataset:
+        check_int("data.dataset.seed", dataset["seed"], 0, 2**32 - 1, example=0)
     if isinstance(dataset, Mapping) and "val_fraction" in dataset:
         check_number("data.dataset.val_fraction", dataset["val_fraction"], 0, 0.99, example=0.1)
 

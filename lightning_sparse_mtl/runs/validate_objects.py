@@ -1,0 +1,60 @@
+"""Object configs (``_target_`` + arguments) checked against their class's signature before anything is built:
+an unknown key is one line naming it and the valid ones, for every object of ``data``, ``callbacks`` and ``logger``."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from lightning_sparse_mtl.runs.errors import UserError
+from lightning_sparse_mtl.runs.validate import locate_class
+
+HYDRA_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
+
+
+def accepted_keywords(target: Any) -> list[str] | None:
+    """Keyword arguments ``target`` accepts; None when it takes ``**kwargs`` (or has no readable signature)."""
+    try:
+        params = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def check_keys(key: str, given: Mapping, valid: list[str] | None) -> None:
+    extra = sorted(str(k) for k in given if k not in HYDRA_KEYS and (valid is not None and k not in valid))
+    if extra:
+        raise UserError(f"unknown {key} option {extra[0]!r}; valid: {', '.join(sorted(valid or []))}")
+
+
+def objects_in(node: Any, where: str) -> Iterator[tuple[str, Mapping]]:
+    """``(dotted place, node)`` of every mapping with a ``_target_`` under ``node``."""
+    if isinstance(node, Mapping):
+        if "_target_" in node:
+            yield where, node
+        for k, v in node.items():
+            yield from objects_in(v, f"{where}.{k}")
+    elif isinstance(node, list | tuple):
+        for i, v in enumerate(node):
+            yield from objects_in(v, f"{where}[{i}]")
+
+
+def check_object_kwargs(key: str, node: Mapping) -> None:
+    """Every key of the object config ``node`` is an argument of its ``_target_``."""
+    check_keys(key, node, accepted_keywords(locate_class(key, node.get("_target_"))))
+
+
+def check_data_objects(data: Mapping) -> None:
+    """The datamodule, the dataset and the transforms take their keys; each split's options are dataset arguments."""
+    for where, node in objects_in(data, "data"):
+        check_object_kwargs(where, node)
+    dataset, splits = data.get("dataset"), data.get("splits")
+    if isinstance(dataset, Mapping) and "_target_" in dataset and isinstance(splits, Mapping):
+        valid = accepted_keywords(locate_class("data.dataset", dataset["_target_"]))
+        valid = None if valid is None else [k for k in valid if k not in ("split", "root")]
+        for split, opts in splits.items():
+            if isinstance(opts, Mapping):
+                check_keys(f"data.splits.{split}", opts, valid)
