@@ -211,8 +211,10 @@ def test_pruned_file_is_plain_data_and_rebuilds_the_model(deployed) -> None:
 
 
 def test_exports_load_without_the_package_and_agree(deployed, tmp_path: Path) -> None:
-    run_dir, _, module = deployed
-    x = torch.rand(5, 3, *SIZE)  # a batch size never traced: the batch dimension is dynamic
+    run_dir, figures, module = deployed
+    # a batch size and an image size (48 x 64, not square) never traced: batch, height and width are dynamic
+    x = torch.rand(5, 3, 48, 64)
+    assert figures["pruned/dynamic_size"] == 1
     torch.save(x, tmp_path / "x.pt")
     script = tmp_path / "run_exports.py"
     script.write_text(

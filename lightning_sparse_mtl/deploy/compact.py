@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -64,22 +65,37 @@ def _publish(staged: dict[str, str], final: dict[str, Path]) -> None:
             print(f"removed {path}: an export of an earlier prune that this one did not write")
 
 
+def other_size(size: Sequence[int]) -> tuple[int, int]:
+    """A second image size to verify dynamic-size exports at: 32 px more each way (a multiple of every stride)."""
+    return (int(size[0]) + 32, int(size[1]) + 32)
+
+
 def _exports(dense_inf, pruned_inf, dense, output: Path, size, tasks: Sequence[str]) -> dict[str, str | float]:
-    inputs = [torch.rand(2, 3, *size), torch.rand(3, 3, *size)]
-    paths = export_paths(output)
-    out: dict[str, str | float] = {}
+    """Verified exports with a dynamic batch and image size (checked at ``size`` and :func:`other_size`); a model
+    whose exports cannot take another size (shape-dependent code) gets fixed-size exports and a warning."""
     try:
-        out["pruned/pt2_max_abs_diff"] = ex.export_pt2(pruned_inf, paths["pruned/pt2_path"], inputs, dense, ATOL)
-        out["pruned/pt2_path"] = str(paths["pruned/pt2_path"])
-        if ex.onnx_available():
-            for k, model in (("pruned", pruned_inf), ("dense", dense_inf)):
-                path = paths[f"{k}/onnx_path"]
-                out[f"{k}/onnx_max_abs_diff"] = ex.export_onnx(model, path, inputs, tasks, dense, ATOL)
-                out[f"{k}/onnx_path"] = str(path)
-        else:
-            print("ONNX export skipped: install the [deploy] extra (onnx, onnxruntime) for pruned.onnx / dense.onnx")
+        return {**_write_exports(dense_inf, pruned_inf, dense, output, size, tasks, True), "pruned/dynamic_size": 1}
+    except ex.ExportError as err:
+        warnings.warn(f"exports with a dynamic image size failed ({err}); writing fixed-size exports", stacklevel=2)
+    try:
+        return {**_write_exports(dense_inf, pruned_inf, dense, output, size, tasks, False), "pruned/dynamic_size": 0}
     except ex.ExportError as err:
         raise UserError(str(err)) from None
+
+
+def _write_exports(dense_inf, pruned_inf, dense, output: Path, size, tasks: Sequence[str], dynamic: bool) -> dict:
+    inputs = [torch.rand(2, 3, *size), torch.rand(3, 3, *size)] + ([torch.rand(1, 3, *other_size(size))] * dynamic)
+    paths = export_paths(output)
+    out: dict[str, str | float] = {}
+    out["pruned/pt2_max_abs_diff"] = ex.export_pt2(pruned_inf, paths["pruned/pt2_path"], inputs, dense, ATOL, dynamic)
+    out["pruned/pt2_path"] = str(paths["pruned/pt2_path"])
+    if ex.onnx_available():
+        for k, model in (("pruned", pruned_inf), ("dense", dense_inf)):
+            path = paths[f"{k}/onnx_path"]
+            out[f"{k}/onnx_max_abs_diff"] = ex.export_onnx(model, path, inputs, tasks, dense, ATOL, dynamic)
+            out[f"{k}/onnx_path"] = str(path)
+    else:
+        print("ONNX export skipped: install the [deploy] extra (onnx, onnxruntime) for pruned.onnx / dense.onnx")
     return out
 
 

@@ -1,13 +1,13 @@
 """Deployment files, each verified after writing or not written at all.
 
-- ``pruned.pt2``: ``torch.export`` program with a dynamic batch dimension; ``torch.export.load(p).module()(x)``
-  returns ``{task: (B, C, H, W)}`` and needs only torch.
+- ``pruned.pt2``: ``torch.export`` program with a dynamic batch and (``dynamic_size``) a dynamic image height
+  and width; ``torch.export.load(p).module()(x)`` returns ``{task: (B, C, H, W)}`` and needs only torch.
 - ``*.onnx`` (extra ``[deploy]``: onnx + onnxruntime): input ``image`` (B, 3, H, W), one output per task
-  (named after it), dynamic batch; run with ``onnxruntime.InferenceSession(p).run(None, {"image": x})``.
+  (named after it), dynamic batch (and H, W); run with ``onnxruntime.InferenceSession(p).run(None, {"image": x})``.
 
-Every file is written to a temp name in its folder, loaded back, run on two batch sizes and compared with a
-reference model (max abs diff <= ``atol``); only then is it moved into place. A failed check raises
-``ExportError`` and leaves no file.
+Every file is written to a temp name in its folder, loaded back, run on every given input (two batch sizes,
+and a second image size for a dynamic-size export) and compared with a reference model (max abs diff <=
+``atol``); only then is it moved into place. A failed check raises ``ExportError`` and leaves no file.
 """
 
 from __future__ import annotations
@@ -68,19 +68,21 @@ def _verified_write(
 
 def export_pt2(
     model: nn.Module, path: str | os.PathLike, inputs: Sequence[torch.Tensor], reference: nn.Module | None = None,
-    atol: float = 1e-4,
+    atol: float = 1e-4, dynamic_size: bool = False,
 ) -> float:  # fmt: skip
     """``torch.export`` ``model`` (eval) with a dynamic batch to ``path``; returns the verified max abs diff.
 
-    ``inputs``: two or more (B, 3, H, W) tensors of different batch sizes; the first is the trace example.
-    ``reference`` (default ``model``): what the loaded program must reproduce.
+    ``inputs``: two or more (B, 3, H, W) tensors of different batch sizes (and, with ``dynamic_size``, image
+    sizes); the first is the trace example. ``reference`` (default ``model``): what the loaded program must
+    reproduce. ``dynamic_size``: height and width are dynamic too (``Dim.AUTO``: what the model allows).
     """
     model = model.eval()
     batch = torch.export.Dim("batch", min=1, max=4096)
+    dims = {0: batch, 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO} if dynamic_size else {0: batch}
 
     def write(tmp: str) -> None:
         with torch.no_grad():
-            program = torch.export.export(model, (inputs[0],), dynamic_shapes=({0: batch},))
+            program = torch.export.export(model, (inputs[0],), dynamic_shapes=(dims,))
         torch.export.save(program, tmp)
 
     def run(tmp: str, x: torch.Tensor) -> list[torch.Tensor]:
@@ -92,16 +94,17 @@ def export_pt2(
 
 def export_onnx(
     model: nn.Module, path: str | os.PathLike, inputs: Sequence[torch.Tensor], output_names: Sequence[str],
-    reference: nn.Module | None = None, atol: float = 1e-4,
+    reference: nn.Module | None = None, atol: float = 1e-4, dynamic_size: bool = False,
 ) -> float:  # fmt: skip
-    """ONNX export (opset 17, dynamic batch) of ``model`` to ``path``, verified in ONNX Runtime; returns the diff."""
+    """ONNX export (opset 17, dynamic batch; ``dynamic_size``: dynamic H, W too) of ``model`` to ``path``, verified
+    in ONNX Runtime on every input; returns the diff."""
     if not onnx_available():
         raise ExportError("ONNX export needs the [deploy] extra: pip install 'lightning-sparse-mtl[deploy]'")
     model = model.eval()
     names = list(output_names)
 
     def write(tmp: str) -> None:
-        axes = {n: {0: "batch"} for n in ["image", *names]}
+        axes = {n: {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"} for n in ["image", *names]}
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", (DeprecationWarning, torch.jit.TracerWarning))
             torch.onnx.export(model, (inputs[0],), tmp, input_names=["image"], output_names=names,
