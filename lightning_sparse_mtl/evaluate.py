@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_sparse_mtl.runs.configs import CONFIG_DIR
+import lightning_sparse_mtl.runs.configs  # noqa: F401 - stores the Trainer schema evaluate.yaml builds on
+from lightning_sparse_mtl.runs.cli import entry_point
 from lightning_sparse_mtl.runs.data_paths import point_data_at
 from lightning_sparse_mtl.runs.errors import UserError, exit_on_user_error
 from lightning_sparse_mtl.runs.logfile import quiet_known_noise
@@ -56,7 +56,7 @@ def evaluate(
     return {k: float(v) for k, v in sorted(metrics.items()) if k.startswith("test/") and k != "test/loss"}
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+@entry_point("evaluate")
 def main(cfg: DictConfig) -> None:
     quiet_known_noise()
 

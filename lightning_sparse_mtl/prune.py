@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from lightning_sparse_mtl.runs.config_dir import CONFIG_DIR  # not runs.configs: that imports Lightning
+from lightning_sparse_mtl.runs.cli import entry_point  # not runs.configs: that imports Lightning
 from lightning_sparse_mtl.runs.data_paths import measured_input_size, point_data_at
 from lightning_sparse_mtl.runs.errors import exit_on_user_error
 from lightning_sparse_mtl.runs.results import print_results, read_results, write_results
@@ -49,7 +48,7 @@ def prune_checkpoint(
     return figures
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="prune")
+@entry_point("prune")
 def main(cfg: DictConfig) -> None:
     def run() -> None:
         check_prune_options(cfg)  # every option before the checkpoint is read

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -19,7 +18,8 @@ from lightning_sparse_mtl.mtl.delta_m import delta_m, load_baselines, metric_dir
 from lightning_sparse_mtl.reporting.run_summary import summary_text
 from lightning_sparse_mtl.reporting.wandb_log import finish_loggers, log_final_tables, log_run_config
 from lightning_sparse_mtl.runs.checkpoints import check_resume
-from lightning_sparse_mtl.runs.configs import CONFIG_DIR, plain_config
+from lightning_sparse_mtl.runs.cli import entry_point
+from lightning_sparse_mtl.runs.configs import plain_config
 from lightning_sparse_mtl.runs.csv_log import prepare_csv_resume
 from lightning_sparse_mtl.runs.errors import Interrupted, NonFiniteLossError, UserError, exit_on_user_error
 from lightning_sparse_mtl.runs.logfile import run_log
@@ -187,7 +187,7 @@ def sweep_value(results: dict, key: str | None) -> float | None:
     return results[key]
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@entry_point("train")
 def main(cfg: DictConfig) -> float | None:
     with run_log():  # everything printed also goes to <run dir>/train.log
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # let Hydra record a failed job and run the others

@@ -172,3 +172,36 @@ def test_two_group_sparsity_on_one_optimizer_is_refused() -> None:
     first.detach()
     second.attach(opt)  # once the first is detached, another may attach
     assert second.attached and not first.attached
+
+
+HYDRA_ERRORS = [
+    ("train", "trainer.foo=1", "Could not override 'trainer.foo'"),
+    ("train", "model=nope", "Could not find 'model/nope' Available options in 'model': resnet18"),
+    ("train", "tasks=[ség]", "LexerNoViableAltException"),
+    ("train", "callbacks=null", "Config group override must be a string or a list"),
+    ("evaluate", "trainer.foo=1", "Key 'foo' not in 'TrainerConf'"),
+]
+
+
+@pytest.mark.parametrize(("entry", "override", "message"), HYDRA_ERRORS)
+def test_config_that_does_not_compose_is_one_line(entry: str, override: str, message: str, tmp_path: Path) -> None:
+    """Hydra's composition and override-parsing errors end in the same one-line handler (exit 2, no traceback)."""
+    run_dir = tmp_path / "run"
+    proc = run_module(f"lightning_sparse_mtl.{entry}", override, f"hydra.run.dir={run_dir}", "ckpt_path=/nonexistent")
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "HYDRA_FULL_ERROR" not in proc.stderr and not run_dir.exists()
+
+
+def test_a_crash_inside_the_task_keeps_its_traceback(tmp_path: Path, monkeypatch, capsys) -> None:
+    from lightning_sparse_mtl import train as train_mod
+
+    def crash(cfg):
+        raise RuntimeError("a bug, not a bad input")
+
+    monkeypatch.setattr(train_mod, "train", crash)
+    monkeypatch.setattr(sys, "argv", ["train", *TINY, f"hydra.run.dir={tmp_path / 'run'}"])
+    with pytest.raises(SystemExit) as exit_:
+        train_mod.main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and "RuntimeError: a bug, not a bad input" in err and "Traceback" in err
