@@ -134,7 +134,7 @@ def train(cfg: DictConfig) -> dict:
         cfg.tasks = tasks  # tasks=seg -> [seg]
     run_dir = current_run_dir()
     claimed_here = not holds(run_dir)
-    guard_run_dir(run_dir, cfg.get("ckpt_path"))
+    guard_run_dir(run_dir, cfg.get("ckpt_path"), cfg)
     try:
         return _train(cfg, run_dir)
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -205,3 +206,49 @@ def test_a_crash_inside_the_task_keeps_its_traceback(tmp_path: Path, monkeypatch
         train_mod.main()
     err = capsys.readouterr().err
     assert exit_.value.code == 1 and "RuntimeError: a bug, not a bad input" in err and "Traceback" in err
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["lambda=1e-2", "trainer.max_epochs=2"], "different training config (lambda=0.001 there, 0.01 here)"),
+        (["optimizer.lr=0.1", "trainer.max_epochs=2"], "different training config (optimizer.lr=0.002 there"),
+        (["model.head=aspp", "trainer.max_epochs=2"], "different model config (model.head='conv' there"),
+        ([], "already trained 1 epochs (trainer.max_epochs=1): nothing to train"),
+    ],
+)
+def test_resume_that_would_lie_is_refused_before_anything_is_written(overrides, message, dense_results) -> None:
+    """A finished run resumed with another lambda, lr or model, or with no epoch left, is refused; its files stay."""
+    from conftest import compose_train_cfg
+
+    from lightning_sparse_mtl.train import train
+
+    run_dir = Path(dense_results["run_dir"])
+    before = snapshot(run_dir)
+    lam = [] if any(o.startswith("lambda=") for o in overrides) else ["lambda=1e-3"]  # else the original's
+    ckpt = f"ckpt_path={dense_results['ckpt_path']}"
+    cfg = compose_train_cfg(run_dir, ["sparsity=none", *lam, *SHORT, *overrides, ckpt])
+    with pytest.raises(UserError, match=re.escape(message)):
+        train(cfg)
+    assert snapshot(run_dir) == before
+
+
+def test_cli_resume_keeps_the_runs_own_hydra_config(tmp_path: Path) -> None:
+    """A resume (refused late or done) writes its config beside, never over, the run's .hydra/ files."""
+    run_dir = tmp_path / "run"
+    args = [*TINY, *SHORT, f"hydra.run.dir={run_dir}"]
+    assert run_module("lightning_sparse_mtl.train", *args).returncode == 0
+    original = (run_dir / ".hydra" / "overrides.yaml").read_text()
+    ckpt = f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
+    late = run_module("lightning_sparse_mtl.train", *args, "trainer.max_epochs=2", "data.eval_batch_size=64",
+                      "trainer.limit_test_batches=0.5", ckpt)  # fmt: skip  # refused after .hydra/ is written
+    assert late.returncode == 2 and "limit_test_batches=0.5" in late.stderr, late.stderr[-2000:]
+    done = run_module("lightning_sparse_mtl.train", *args, "trainer.max_epochs=2", ckpt)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (run_dir / ".hydra" / "overrides.yaml").read_text() == original
+    resumed = sorted((run_dir / ".hydra").glob("resumed-*/overrides.yaml"))
+    assert len(resumed) == 2 and "trainer.max_epochs=2" in resumed[-1].read_text()

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf, read_write
+
 from lightning_sparse_mtl.runs.errors import UserError
 from lightning_sparse_mtl.runs.validate import check_writable_dir
 
@@ -94,11 +96,16 @@ def is_secondary_rank() -> bool:
     return False
 
 
-def guard_run_dir(run_dir: str | os.PathLike, ckpt_path: str | None) -> Path:
-    """Check, claim, check again (another process may have finished it meanwhile). Secondary DDP ranks skip it."""
+def guard_run_dir(run_dir: str | os.PathLike, ckpt_path: str | None, cfg: Any = None) -> Path:
+    """Check, claim, check again (another process may have finished it meanwhile). Secondary DDP ranks skip it.
+    With the train ``cfg``, a resume (``ckpt_path``) is checked against its checkpoint before the claim."""
     if is_secondary_rank():
         return Path(run_dir)
     check_run_dir(run_dir, ckpt_path)
+    if cfg is not None and ckpt_path:
+        from lightning_sparse_mtl.runs.resume import check_resume_config
+
+        check_resume_config(cfg, ckpt_path, bool(OmegaConf.select(cfg, "trust_checkpoint", default=False)))
     already = holds(run_dir)
     path = claim_run_dir(run_dir)
     try:
@@ -133,9 +140,15 @@ class RunGuard(Callback):
             validate_train_config(config)
             run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir")))  # ${now:} is cached: the dir Hydra uses
             ckpt = OmegaConf.select(config, "ckpt_path")
-            guard_run_dir(run_dir, ckpt)
+            had_config = (run_dir / ".hydra").is_dir()
+            guard_run_dir(run_dir, ckpt, config)
         except UserError as err:
             _fail(err)
+        if ckpt and had_config:  # a resume keeps the run's own .hydra/ (config, overrides) as it was
+            from datetime import datetime
+
+            with read_write(config.hydra):
+                config.hydra.output_subdir = f".hydra/resumed-{datetime.now():%Y%m%d-%H%M%S-%f}"
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         """The config without the swept values (each job checks its own at its start), and a sweep folder that
