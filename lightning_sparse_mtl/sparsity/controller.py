@@ -428,7 +428,8 @@ def _prox_adam_coupled(gs: GroupSparsity, i: int, optimizer, group: dict, tau, f
         return coupled_soft_threshold_(g, 0.0, frozen)
     warm = gs._norms.get(i, (None, None))[1]
     iters = gs.warm_iters if warm is not None else gs.newton_iters
-    return coupled_adam_soft_threshold_(g, states, tau, frozen, iters, warm)
+    native = gs.compile in (True, "auto")
+    return coupled_adam_soft_threshold_(g, states, tau, frozen, iters, warm, native=native)
 
 
 def _grad_scale(optimizer: torch.optim.Optimizer, kwargs: dict) -> torch.Tensor | None:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
+import lightning_sparse_mtl.sparsity.prox_cpu as prox_cpu
 from lightning_sparse_mtl.sparsity.coupled import CoupledGroup, Piece
 from lightning_sparse_mtl.sparsity.groups import ConvGroup
 from lightning_sparse_mtl.sparsity.prox import (
@@ -103,14 +104,57 @@ def coupled_soft_threshold_(
     return norms * scale
 
 
-def _metric(p: Piece, state: AdamState) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(D, u = D z, K) of piece ``p`` as (R, L * K) float32 views, D = sqrt(v / bc2) + eps."""
-    v, inv_bc2, eps = state
-    dt = compute_dtype(p.param)
-    z, k = _view(p, p.param.to(dt))
-    vv, _ = _view(p, v.to(dt))
-    d = (vv * inv_bc2).sqrt_().add_(eps)
-    return d, d * z, k
+class _EagerPiece:
+    """One piece's share of the Adam prox in torch ops: D and u = D z as (R, L * K) float32 views."""
+
+    def __init__(self, p: Piece, state: AdamState, tau: torch.Tensor) -> None:
+        v, inv_bc2, eps = state
+        dt = compute_dtype(p.param)
+        z, self.k = _view(p, p.param.to(dt))
+        self.p, self.d = p, (_view(p, v.to(dt))[0] * inv_bc2).sqrt_().add_(eps)
+        self.u = self.d * z
+        self.tau_c = _columns(_local(p, tau, 1.0), self.k)
+
+    def sums(self, r: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(f, F1, F2, ||u||^2) per slice (L,) from the radii ``r`` (C,)."""
+        ia = torch.addcmul(self.tau_c, self.d, _columns(_local(self.p, r, 0.0), self.k)).reciprocal_()
+        t2 = (self.u * ia).square_()
+        sa = self.d * ia
+        t2s = t2 * sa
+        f0, f1, f2 = _group_sum(t2, self.k), _group_sum(t2s, self.k), _group_sum(t2s.mul_(sa), self.k)
+        return f0, f1, f2, _group_sum(self.u.square(), self.k)
+
+    def update_(self, r: torch.Tensor) -> None:
+        p, rc = self.p, _columns(_local(self.p, r, 0.0), self.k)
+        tiny = torch.finfo(self.u.dtype).tiny
+        x = (self.u * rc).div_(torch.addcmul(self.tau_c, self.d, rc).clamp_min_(tiny))
+        x.masked_fill_(x.abs() < tiny, 0.0)  # subnormals flushed, as in prox._update
+        if not p.full:  # slices outside the groups keep their value
+            inside = _columns(_local(p, torch.ones_like(r), 0.0), self.k).bool()
+            x = torch.where(inside, x, _view(p, p.param.to(x.dtype))[0])
+        p.param.copy_(x.view_as(p.param))
+
+
+class _NativePiece:
+    """One full, CPU float32 piece through the hand-written kernel of ``prox_cpu`` (rows in memory order)."""
+
+    def __init__(self, lib, p: Piece, state: AdamState, tau: torch.Tensor) -> None:
+        v, self.inv_bc2, self.eps = state
+        self.lib, self.tau = lib, tau
+        self.z, self.k = _view(p, p.param.data)
+        self.v = _view(p, v)[0]
+
+    def sums(self, r: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(prox_cpu.halley_sums(self.lib, self.z, self.v, self.k, self.inv_bc2, self.eps, self.tau, r))
+
+    def update_(self, r: torch.Tensor) -> None:
+        prox_cpu.update_(self.lib, self.z, self.v, self.k, self.inv_bc2, self.eps, self.tau, r)
+
+
+def _worker(p: Piece, state: AdamState, tau: torch.Tensor, lib) -> _EagerPiece | _NativePiece:
+    if lib is not None and p.full and p.param.is_contiguous() and prox_cpu.usable(p.param, state[0]):
+        return _NativePiece(lib, p, state, tau)
+    return _EagerPiece(p, state, tau)
 
 
 @torch.no_grad()
@@ -121,49 +165,38 @@ def coupled_adam_soft_threshold_(
     frozen: torch.Tensor | None = None,
     iters: int = 1,
     radius: torch.Tensor | None = None,
+    native: bool = False,
 ) -> torch.Tensor:
     """Adam-weighted group soft-threshold of every group of ``g`` in place (``prox.adam_soft_threshold_`` on
     groups that span several tensors). ``states[j]``: piece j's (v, 1 / bias_correction2, eps). ``tau``: a float
-    or (C,); ``radius`` (C,) warm-starts the root search. Returns the (C,) radii = group norms after the step."""
+    or (C,); ``radius`` (C,) warm-starts the root search. ``native``: CPU float32 pieces through the kernel of
+    ``prox_cpu`` (built once; eager where it cannot be built). Returns the (C,) radii = group norms after the step.
+    """
     dt = compute_dtype(g.pieces[0].param)
     scalar = dict(dtype=dt, device=g.device)
     tau_t = torch.as_tensor(tau, **scalar).expand(g.num_groups).contiguous()
     frozen = torch.zeros(g.num_groups, dtype=torch.bool, device=g.device) if frozen is None else frozen
-    metrics = [_metric(p, s) for p, s in zip(g.pieces, states)]
-    n2 = torch.zeros(g.num_groups, **scalar)
-    for p, (_, u, k) in zip(g.pieces, metrics):
-        _scatter(p, _group_sum(u.square(), k), n2)
-    alive = (n2 > tau_t.square()) & ~frozen
+    lib = prox_cpu.kernels() if native and g.device.type == "cpu" else None
+    workers = [_worker(p, s, tau_t, lib) for p, s in zip(g.pieces, states)]
     r0 = torch.zeros(g.num_groups, **scalar) if radius is None else radius.to(dt)
     if radius is None and bool((tau_t == 0).any()):  # tau = 0: the root is ||z||, not near 0
         r0 = torch.where(tau_t == 0, coupled_norms(g).to(dt), r0)
     rtol = _rtol(dt)
-    tau_l = [_columns(_local(p, tau_t, 1.0), k) for p, (_, _, k) in zip(g.pieces, metrics)]
 
     def step(r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f0, f1, f2 = (torch.zeros(g.num_groups, **scalar) for _ in range(3))
-        for p, (d, u, k), tc in zip(g.pieces, metrics, tau_l):
-            ia = torch.addcmul(tc, d, _columns(_local(p, r, 0.0), k)).reciprocal_()
-            t2 = (u * ia).square_()
-            sa = d * ia
-            t2s = t2 * sa
-            _scatter(p, _group_sum(t2, k), f0)
-            _scatter(p, _group_sum(t2s, k), f1)
-            _scatter(p, _group_sum(t2s.mul_(sa), k), f2)
+        """One Halley pass over every piece; ||D z||^2 comes with it (groups with ||D z|| <= tau stay 0)."""
+        f0, f1, f2, n2 = (torch.zeros(g.num_groups, **scalar) for _ in range(4))
+        for p, w in zip(g.pieces, workers):
+            for total, part in zip((f0, f1, f2, n2), w.sums(r)):
+                _scatter(p, part.to(dt), total)
+        alive = (n2 > tau_t.square()) & ~frozen
         r_next = torch.where(alive, halley_radius(r, f0, f1, f2), torch.zeros_like(r))
         done = ((((r_next - r).abs() <= rtol * r_next) & (r_next > 0)) | ~alive).all()
         return r_next, done
 
-    r = _solve(step, torch.where(alive, r0, torch.zeros_like(r0)), iters) if bool(alive.any()) else r0.zero_()
-    tiny = torch.finfo(dt).tiny
-    for p, (d, u, k), tc in zip(g.pieces, metrics, tau_l):
-        rc = _columns(_local(p, r, 0.0), k)
-        x = (u * rc).div_(torch.addcmul(tc, d, rc).clamp_min_(tiny))
-        x.masked_fill_(x.abs() < tiny, 0.0)  # subnormals flushed, as in prox._update
-        if not p.full:  # slices outside the groups keep their value
-            inside = _columns(_local(p, torch.ones(g.num_groups, **scalar), 0.0), k).bool()
-            x = torch.where(inside, x, _view(p, p.param.to(dt))[0])
-        p.param.copy_(x.view_as(p.param))
+    r = _solve(step, r0, iters)
+    for w in workers:
+        w.update_(r)
     return r
 
 

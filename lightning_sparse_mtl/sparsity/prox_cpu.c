@@ -17,11 +17,11 @@ static void columns(const float *per_group, long I, long K, float *out) {
         for (long k = 0; k < K; ++k) out[g * K + k] = per_group[g];
 }
 
-/* One pass from radius r (I): r_next (I) (0 for groups that stay zero) and the return value 1 when every live
- * group's step is <= rtol * r_next. Returns -1 when memory runs out (nothing written). */
-int halley_pass(const float *z, const float *v, long O, long I, long K, float inv_bc2, float eps,
-                const float *tau, const float *r, const unsigned char *frozen, float rtol, float *r_next,
-                int threads) {
+/* Per-group sums of one pass from radius r (I): out[0..I) = sum t^2, out[I..2I) = sum t^2 s, out[2I..3I) =
+ * sum t^2 s^2, out[3I..4I) = ||u||^2 (t = u / (D r + tau), s = D / (D r + tau), u = D z), as prox.halley_sums.
+ * Groups spanning several tensors (coupled groups) add these over their tensors. Returns -1 when memory runs out. */
+int halley_sums(const float *z, const float *v, long O, long I, long K, float inv_bc2, float eps,
+                const float *tau, const float *r, float *out, int threads) {
     long C = I * K;
     int T = threads > 0 ? threads : 1;
     float *tc = malloc(sizeof(float) * C * 2);
@@ -46,13 +46,28 @@ int halley_pass(const float *z, const float *v, long O, long I, long K, float in
             }
         }
     }
-    int done = 1;
     for (long g = 0; g < I; ++g) {
         double f[4] = {0, 0, 0, 0};
         for (int t = 0; t < T; ++t)
             for (int q = 0; q < 4; ++q)
                 for (long k = 0; k < K; ++k) f[q] += acc[((size_t)t * 4 + q) * C + g * K + k];
-        float f0 = (float)f[0], f1 = (float)f[1], f2 = (float)f[2], n2 = (float)f[3];
+        for (int q = 0; q < 4; ++q) out[q * I + g] = (float)f[q];
+    }
+    free(tc);
+    free(acc);
+    return 0;
+}
+
+/* One pass from radius r (I): r_next (I) (0 for groups that stay zero) and the return value 1 when every live
+ * group's step is <= rtol * r_next. Returns -1 when memory runs out (nothing written). */
+int halley_pass(const float *z, const float *v, long O, long I, long K, float inv_bc2, float eps,
+                const float *tau, const float *r, const unsigned char *frozen, float rtol, float *r_next,
+                int threads) {
+    float *f = malloc(sizeof(float) * 4 * I);
+    if (!f || halley_sums(z, v, O, I, K, inv_bc2, eps, tau, r, f, threads) < 0) { free(f); return -1; }
+    int done = 1;
+    for (long g = 0; g < I; ++g) {
+        float f0 = f[g], f1 = f[I + g], f2 = f[2 * I + g], n2 = f[3 * I + g];
         int alive = n2 > tau[g] * tau[g] && !frozen[g];
         float rn = 0.0f;
         if (alive) { /* Halley step on q(r) = f^(-1/2) - 1, as prox._halley_step */
@@ -66,8 +81,7 @@ int halley_pass(const float *z, const float *v, long O, long I, long K, float in
         }
         r_next[g] = rn;
     }
-    free(tc);
-    free(acc);
+    free(f);
     return done;
 }
 

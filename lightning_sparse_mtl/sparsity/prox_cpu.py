@@ -48,6 +48,8 @@ def _build() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(target))
     lib.halley_pass.argtypes = [_p, _p, _l, _l, _l, _f, _f, _p, _p, _p, _f, _p, _i]
     lib.halley_pass.restype = _i
+    lib.halley_sums.argtypes = [_p, _p, _l, _l, _l, _f, _f, _p, _p, _p, _i]
+    lib.halley_sums.restype = _i
     lib.prox_update.argtypes = [_p, _p, _l, _l, _l, _f, _f, _p, _p, _i]
     lib.prox_update.restype = _i
     return lib
@@ -89,6 +91,20 @@ def halley_pass(
     if done < 0:
         raise MemoryError("the CPU prox kernel could not allocate its per-column sums")
     return r_next, bool(done)
+
+
+def halley_sums(lib, z, v, k: int, inv_bc2: float, eps: float, tau, r) -> torch.Tensor:
+    """(4, I) per-group sums (f, F1, F2, ||D z||^2) of one pass from ``r`` (I,) over ``z``, ``v`` (O, I * K), as
+    ``prox.halley_sums`` (for groups that span several tensors)."""
+    o, i = z.shape[0], z.shape[1] // k
+    out = torch.empty(4, i, dtype=torch.float32)
+    status = lib.halley_sums(
+        z.data_ptr(), v.data_ptr(), o, i, k, inv_bc2, eps, tau.contiguous().data_ptr(), r.contiguous().data_ptr(),
+        out.data_ptr(), torch.get_num_threads(),
+    )  # fmt: skip
+    if status < 0:
+        raise MemoryError("the CPU prox kernel could not allocate its per-column sums")
+    return out
 
 
 def update_(lib, z, v, k: int, inv_bc2: float, eps: float, tau, r) -> None:
