@@ -30,6 +30,7 @@ from lightning_sparse_mtl.runs.safe_load import allowed_globals
 from lightning_sparse_mtl.runs.validate import instantiate_checked
 from lightning_sparse_mtl.runs.validate_train import validate_train_config
 from lightning_sparse_mtl.sparsity.stats import sparsity_stats
+from lightning_sparse_mtl.training.checkpoint_io import AtomicCheckpointIO
 from lightning_sparse_mtl.training.module import SparseMTLModule
 
 
@@ -46,7 +47,10 @@ def run_overrides() -> list[str]:
 def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir))
+    plugins = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}  # never a half-written ckpt
+    return instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir), **plugins
+    )
 
 
 def checkpoint_to_test(trainer: L.Trainer, which: str) -> str | None:

@@ -252,3 +252,33 @@ def test_cli_resume_keeps_the_runs_own_hydra_config(tmp_path: Path) -> None:
     assert (run_dir / ".hydra" / "overrides.yaml").read_text() == original
     resumed = sorted((run_dir / ".hydra").glob("resumed-*/overrides.yaml"))
     assert len(resumed) == 2 and "trainer.max_epochs=2" in resumed[-1].read_text()
+
+
+def test_empty_run_dir_is_refused(train_cfg, tmp_path: Path, monkeypatch, capsys) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    cfg = train_cfg()
+    OmegaConf.set_readonly(cfg.hydra, False)
+    with open_dict(cfg):
+        cfg.hydra.run.dir = ""
+    with pytest.raises(SystemExit) as exit_:
+        RunGuard().on_run_start(cfg)
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert exit_.value.code == 2 and len(errors) == 1 and "hydra.run.dir=''" in errors[0], errors
+    assert list(cwd.iterdir()) == []
+
+
+def test_checkpoints_are_never_half_written(train_cfg, tmp_path: Path) -> None:
+    from lightning_sparse_mtl.train import build_trainer
+    from lightning_sparse_mtl.training.checkpoint_io import AtomicCheckpointIO
+
+    assert isinstance(build_trainer(train_cfg(), tmp_path).strategy.checkpoint_io, AtomicCheckpointIO)
+    io = AtomicCheckpointIO()
+    path = tmp_path / "ckpts" / "epoch000.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+    before = path.read_bytes()
+    with pytest.raises(Exception):  # noqa: B017 - the write fails part-way (an object torch.save cannot pickle)
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(10**6)}, "bad": lambda: None}, path)
+    assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == ["epoch000.ckpt"]
+    assert torch.equal(torch.load(path, weights_only=True)["state_dict"]["w"], torch.ones(3))

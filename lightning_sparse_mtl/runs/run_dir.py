@@ -138,7 +138,11 @@ class RunGuard(Callback):
 
         try:
             validate_train_config(config)
-            run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir")))  # ${now:} is cached: the dir Hydra uses
+            raw_dir = OmegaConf.select(config, "hydra.run.dir")
+            if raw_dir is None or not str(raw_dir).strip():
+                raise UserError(f"hydra.run.dir={raw_dir!r} would write the run into the current directory; give "
+                                "a folder, e.g. hydra.run.dir=outputs/my_run")  # fmt: skip
+            run_dir = Path(str(raw_dir))  # ${now:} is cached: the dir Hydra uses
             ckpt = OmegaConf.select(config, "ckpt_path")
             had_config = (run_dir / ".hydra").is_dir()
             guard_run_dir(run_dir, ckpt, config)
