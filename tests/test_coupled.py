@@ -319,3 +319,28 @@ def test_native_cpu_kernel_and_eager_coupled_prox_agree() -> None:
         assert torch.allclose(eager, native, rtol=1e-4, atol=1e-7)
         for p in group.pieces:
             assert torch.allclose(p.param, after_eager[id(p.param)], rtol=1e-4, atol=1e-7), p.name
+
+
+def test_the_library_default_is_the_fast_path(monkeypatch) -> None:
+    """A bare loop that follows the README (no compile argument) runs the CPU kernel, for both groupings."""
+    import lightning_sparse_mtl.sparsity.prox_cpu as prox_cpu
+
+    calls = {"pass": 0, "sums": 0}
+    real_pass, real_sums = prox_cpu.halley_pass, prox_cpu.halley_sums
+    monkeypatch.setattr(prox_cpu, "halley_pass", lambda *a, **k: calls.__setitem__("pass", 1) or real_pass(*a, **k))
+    monkeypatch.setattr(prox_cpu, "halley_sums", lambda *a, **k: calls.__setitem__("sums", 1) or real_sums(*a, **k))
+    torch.manual_seed(4)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 2, 1)
+    )
+    for groups in ("input", "coupled"):
+        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+        gs = GroupSparsity.from_module(net, 1e-2, groups=groups, example_inputs=torch.rand(1, 3, 10, 10))
+        assert gs.compile == "auto"
+        gs.attach(opt)
+        for _ in range(2):
+            opt.zero_grad()
+            net(torch.randn(2, 3, 10, 10)).square().mean().backward()
+            opt.step()
+        gs.detach()
+    assert calls == {"pass": 1, "sums": 1}

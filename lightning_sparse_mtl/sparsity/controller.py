@@ -100,7 +100,7 @@ class GroupSparsity(nn.Module):
         newton_iters: int = 1,
         warm_iters: int = 1,
         group_weight: str = "sqrt_size",
-        compile: bool | str = False,
+        compile: bool | str = "auto",
         penalty_in_loss: bool | None = None,
     ) -> None:
         super().__init__()
