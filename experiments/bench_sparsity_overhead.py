@@ -5,7 +5,8 @@
 One model (resnet34 3-task, output stride 8, AdamW) and one optimizer; the method is attached and detached
 between steps, so every variant trains the same weights on the same batch, in rounds. Whole steps:
 dense, Adam prox eager, Adam prox compiled (on CPU float32: the hand-written kernel of ``prox_cpu``; elsewhere
-``torch.compile``), plain prox, the paper's recipe (penalty gradient + compiled Adam prox). Because a 1-2% difference is
+``torch.compile``), plain prox, the paper's recipe (penalty gradient + compiled Adam prox), and the Adam prox on
+coupled groups (``groups="coupled"``, the heads joining the last stream's groups), compiled and eager. Because a 1-2% difference is
 below the noise of whole-step timings on a shared machine, each component (mask + prox, penalty gradient,
 statistics) is also timed alone over many repeats, interleaved, and reported as a share of the dense step.
 """
@@ -61,6 +62,12 @@ def main() -> None:
         "Adam prox + penalty grad (paper)": GroupSparsity.from_module(
             net.encoder, args.lam, "adam", penalty_grad=True, compile=True
         ),
+        "coupled groups, Adam prox, compiled": GroupSparsity.from_module(
+            net, args.lam, "adam", groups="coupled", example_inputs=batch["image"][:1], shared="encoder", compile=True
+        ),
+        "coupled groups, Adam prox, eager": GroupSparsity.from_module(
+            net, args.lam, "adam", groups="coupled", example_inputs=batch["image"][:1], shared="encoder", compile=False
+        ),
     }
 
     def step(gs: GroupSparsity | None) -> None:
@@ -97,7 +104,7 @@ def main() -> None:
             parts[name].append(timed(lambda gs=gs: method_alone(gs)))
         parts["statistics (once per epoch)"].append(timed(lambda: sparsity_stats(variants["plain prox"].groups)))
     groups = variants["plain prox"].groups
-    params = sum(gr.weight.numel() for gr in groups)
+    params = sum(gr.numel for gr in groups)
     table = Table(
         title=f"{args.encoder} 3-task OS8, batch {args.batch}, {h}x{w}, {args.threads} threads, "
         f"{len(groups)} grouped layers, {params / 1e6:.1f}M grouped weights; dense step {1e3 * dense:.0f} ms"
