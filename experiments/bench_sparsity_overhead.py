@@ -7,8 +7,9 @@ between steps, so every variant trains the same weights on the same batch, in ro
 dense, Adam prox eager, Adam prox compiled (on CPU float32: the hand-written kernel of ``prox_cpu``; elsewhere
 ``torch.compile``), plain prox, the paper's recipe (penalty gradient + compiled Adam prox), and the Adam prox on
 coupled groups (``groups="coupled"``, the heads joining the last stream's groups), compiled and eager. Because a
-1-2% difference is below the noise of whole-step timings on a shared machine, each component (mask + prox, penalty gradient,
-statistics) is also timed alone over many repeats, interleaved, and reported as a share of the dense step.
+1-2% difference is below the noise of whole-step timings on a shared machine, each component (mask + prox,
+penalty gradient, statistics) is also timed alone over many repeats, interleaved, and reported as a share of the
+dense step.
 """
 
 from __future__ import annotations
