@@ -344,3 +344,22 @@ def test_the_library_default_is_the_fast_path(monkeypatch) -> None:
             opt.step()
         gs.detach()
     assert calls == {"pass": 1, "sums": 1}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_weights_get_a_float32_coupled_prox(dtype: torch.dtype) -> None:
+    """bf16/fp16 weights: the prox runs in float32 and rounds once; zero groups are exact zeros in every tensor."""
+    model = _two_layers_and_bn(torch.float32)
+    x = torch.randn(4, 3, 8, 8)
+    ref = copy.deepcopy(model)
+    gs = GroupSparsity.from_module(model.to(dtype), 0.0, groups="coupled", example_inputs=x[:1].to(dtype))
+    gs_ref = GroupSparsity.from_module(ref, 0.0, groups="coupled", example_inputs=x[:1])
+    (g,), (g_ref,) = gs.groups, gs_ref.groups
+    tau = coupled_norms(g_ref) * torch.linspace(0.5, 1.5, g.num_groups)
+    with torch.no_grad():  # the reference: the same bf16 values, in float32
+        for p, q in zip(g.params, g_ref.params):
+            q.copy_(p.float())
+    got, want = coupled_soft_threshold_(g, tau), coupled_soft_threshold_(g_ref, tau)
+    assert torch.equal(got == 0, want == 0) and 0 < int((got == 0).sum()) < g.num_groups
+    for p, q in zip(g.params, g_ref.params):
+        assert p.dtype == dtype and torch.equal(p, q.to(dtype))  # one rounding of the float32 result
