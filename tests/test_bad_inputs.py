@@ -282,3 +282,29 @@ def test_checkpoints_are_never_half_written(train_cfg, tmp_path: Path) -> None:
         io.save_checkpoint({"state_dict": {"w": torch.zeros(10**6)}, "bad": lambda: None}, path)
     assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == ["epoch000.ckpt"]
     assert torch.equal(torch.load(path, weights_only=True)["state_dict"]["w"], torch.ones(3))
+
+
+@pytest.mark.parametrize("tail", ["x" * 300, f"{'y' * 300}/sub"])
+def test_over_long_run_dir_name_is_one_line(tail: str, train_cfg, tmp_path: Path, capsys) -> None:
+    cfg = train_cfg()
+    OmegaConf.set_readonly(cfg.hydra, False)
+    with open_dict(cfg):
+        cfg.hydra.run.dir = str(tmp_path / tail)
+    with pytest.raises(SystemExit) as exit_:
+        RunGuard().on_run_start(cfg)
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert exit_.value.code == 2 and len(errors) == 1 and "choose another" in errors[0], errors
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.head=aspp", "data.batch_size=1"], "needs >= 2 images per batch"),
+        (["optimizer._target_=torch.optim.SparseAdam", "~optimizer.weight_decay"], "SparseAdam needs sparse gradients"),
+    ],
+)
+def test_inputs_that_fail_at_the_first_step_are_refused_now(overrides, message, train_cfg) -> None:
+    from lightning_sparse_mtl.runs.validate_train import validate_train_config
+
+    with pytest.raises(UserError, match=message):
+        validate_train_config(train_cfg(*overrides))

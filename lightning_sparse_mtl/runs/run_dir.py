@@ -37,7 +37,13 @@ def _inside(path: Path, folder: Path) -> bool:
 def check_run_dir(run_dir: str | os.PathLike, ckpt_path: str | os.PathLike | None) -> None:
     """Refuse a finished run dir (unless resumed from its own checkpoint) and an interrupted one (unless resumed)."""
     run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
+    try:
+        is_file = run_dir.exists() and not run_dir.is_dir()
+    except OSError as err:  # e.g. a name longer than the filesystem allows
+        raise UserError(
+            f"run directory {run_dir} cannot be used ({err.strerror}); choose another hydra.run.dir"
+        ) from None
+    if is_file:
         raise UserError(f"run directory {run_dir} is a file; choose another hydra.run.dir")
     check_writable_dir(run_dir, "run directory")
     own = run_dir / "checkpoints" / "last.ckpt"
@@ -144,8 +150,8 @@ class RunGuard(Callback):
                                 "a folder, e.g. hydra.run.dir=outputs/my_run")  # fmt: skip
             run_dir = Path(str(raw_dir))  # ${now:} is cached: the dir Hydra uses
             ckpt = OmegaConf.select(config, "ckpt_path")
-            had_config = (run_dir / ".hydra").is_dir()
             guard_run_dir(run_dir, ckpt, config)
+            had_config = (run_dir / ".hydra").is_dir()  # the claim writes only the lock file
         except UserError as err:
             _fail(err)
         if ckpt and had_config:  # a resume keeps the run's own .hydra/ (config, overrides) as it was

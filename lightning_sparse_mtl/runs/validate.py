@@ -140,12 +140,23 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
     """``path`` is (or can be created as) a directory this process may write into; nothing is left behind."""
     path = Path(path).expanduser().absolute()
     probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
+    try:
+        while not probe.exists():
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+    except OSError as err:  # a name too long for the filesystem, a path component that is not a folder, ...
+        raise UserError(f"{what} {path} cannot be created ({err.strerror}); choose another path") from None
     if probe.exists() and not probe.is_dir():
         raise UserError(f"{what} {path} cannot be created: {probe} is a file; choose another path")
+    try:
+        name_max = os.pathconf(probe, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    long = [part for part in path.relative_to(probe).parts if len(os.fsencode(part)) > name_max]
+    if long:
+        raise UserError(f"{what} {path} cannot be created: a folder name of {len(os.fsencode(long[0]))} bytes is "
+                        f"longer than the filesystem allows ({name_max}); choose a shorter name")  # fmt: skip
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UserError(f"{what} {path} is not writable ({probe} denies writing); choose a writable path")
     try:  # os.access says yes to root everywhere: create (and at once delete) a real file to be sure

@@ -154,6 +154,10 @@ def check_model(cfg: Any, specs: list) -> None:
     check_encoder_builds(model["encoder"], model.get("output_stride", 32))
     DENSE_HEADS.get(model.get("head", "conv"))  # "unknown head 'x'; valid: ..." (the registry's message)
     check_int("model.head_channels", model.get("head_channels", 64), 1, example=64)
+    heads = {model.get("head", "conv"), *(dict(model.get("head_overrides") or {}).values())}
+    if "aspp" in heads and get(cfg, "data.batch_size") == 1:  # its image-pooling branch: BatchNorm of a 1x1 map
+        raise UserError("model.head=aspp normalises a pooled 1x1 map with BatchNorm, which needs >= 2 images per "
+                        "batch: use data.batch_size >= 2 (or model.head=conv)")  # fmt: skip
     overrides = model.get("head_overrides")
     if overrides is not None:
         if not isinstance(overrides, Mapping):
@@ -195,6 +199,9 @@ def check_optimizer_class(cfg: Any) -> type:
     cls = locate_class("optimizer", node.get("_target_"))
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise UserError(f"optimizer._target_={node.get('_target_')} is not a torch optimizer class")
+    if issubclass(cls, torch.optim.SparseAdam):
+        raise UserError("optimizer._target_=torch.optim.SparseAdam needs sparse gradients (nn.Embedding(sparse=True)); "
+                        "a conv net's are dense: use torch.optim.AdamW (or Adam)")  # fmt: skip
     return cls
 
 
