@@ -7,6 +7,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers.runs import SHORT, TINY, run_module
@@ -308,3 +309,38 @@ def test_inputs_that_fail_at_the_first_step_are_refused_now(overrides, message, 
 
     with pytest.raises(UserError, match=message):
         validate_train_config(train_cfg(*overrides))
+
+
+# ------------------------------------------------------------------ class 3: bad data is refused, naming the file
+def _dup(root: Path) -> None:
+    (root / "val/image/01.npy").write_bytes((root / "val/image/1.npy").read_bytes())
+
+
+BAD_DATA = {
+    "01.npy beside 1.npy": (_dup, "val/image/01.npy: name it 1.npy"),
+    "class id 2.5": (lambda r: np.save(r / "val/label/5.npy", np.full((36, 48), 2.5, np.float32)), "class id 2.5"),
+    "class id -3": (lambda r: np.save(r / "val/label/2.npy", np.full((36, 48), -3.0, np.float32)), "class id -3"),
+    "negative depth": (
+        lambda r: np.save(r / "val/depth/3.npy", np.full((36, 48, 1), -2.0, np.float32)),
+        "val/depth/3.npy has depth -2 < 0",
+    ),
+    "normals of length 5": (
+        lambda r: np.save(r / "val/normal/1.npy", np.full((36, 48, 3), 5 / np.sqrt(3), np.float32)),
+        "val/normal/1.npy has a normal of length 5",
+    ),
+    "0x0 image": (lambda r: np.save(r / "val/image/4.npy", np.zeros((0, 0, 3), np.float32)), "is empty (0x0"),
+}
+
+
+@pytest.mark.parametrize("defect", list(BAD_DATA))
+def test_bad_data_is_refused(defect: str, tmp_path: Path) -> None:
+    from helpers.datasets import make_nyuv2
+
+    from lightning_sparse_mtl.data.nyuv2 import NYUv2
+
+    root = make_nyuv2(tmp_path / "nyu", n_train=4, n_val=6)
+    NYUv2("test", root)  # intact: fine
+    corrupt, message = BAD_DATA[defect]
+    corrupt(root)
+    with pytest.raises(UserError, match=re.escape(message)):
+        NYUv2("test", root)

@@ -3,7 +3,8 @@
 * npy datasets (NYUv2, Cityscapes): each ``<i>.npy`` of every folder is opened with ``np.load(mmap_mode="r")``
   (header: shape, dtype; a corrupt/truncated file fails here), shapes must match the image's H x W and every image
   of a split must have the same size; then the values are scanned (memory-mapped, one file at a time): images
-  finite and in [0, 1], class ids integers in ``-1..num_classes-1``, depth/normals finite.
+  finite and in [0, 1], class ids whole numbers in ``-1..num_classes-1``, depth/disparity finite and >= 0, normals
+  finite and at most unit length, no empty (0 x 0) array; each index spelled once (``01.npy`` is refused).
 * image datasets (CelebAMask-HQ): every ``.jpg`` and mask ``.png`` header is read with PIL (format, size);
   images of one split must share a size unless ``image_size`` resizes them. Pixels are decoded as loaded (a
   file that fails to decode gives the one-line error naming it).
@@ -66,8 +67,22 @@ def check_npy_sample(folders: Mapping[str, Path], index: int, num_classes: int |
 
 
 def check_values(key: str, arr: np.ndarray, path: Path, num_classes: int | None) -> None:
+    if arr.ndim >= 2 and 0 in arr.shape[:2]:
+        raise UserError(f"{path} is empty ({arr.shape[0]}x{arr.shape[1]} pixels); re-export the file")
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         raise UserError(f"{path} contains NaN/Inf; mark invalid pixels with 0 (depth, normals) or -1 (labels)")
+    if key == "seg" and arr.size:
+        if np.issubdtype(arr.dtype, np.floating) and not (arr == np.round(arr)).all():
+            bad = float(arr[arr != np.round(arr)].flat[0])
+            raise UserError(f"{path} has class id {bad:g}; expected whole numbers (0..num_classes-1, -1 = ignore)")
+        if float(arr.min()) < -1:
+            raise UserError(f"{path} has class id {float(arr.min()):g}; ignored pixels are -1 exactly, classes >= 0")
+    if key in ("depth", "disparity") and arr.size and float(arr.min()) < 0:
+        raise UserError(f"{path} has {key} {float(arr.min()):g} < 0; expected values >= 0 (0 = invalid pixel)")
+    if key == "normal" and arr.size:
+        longest = float(np.sqrt((np.asarray(arr, dtype=np.float64) ** 2).sum(-1)).max())
+        if longest > 1.1:
+            raise UserError(f"{path} has a normal of length {longest:.3g}; expected unit vectors (all-zero = invalid)")
     if key == "image" and arr.size:
         lo, hi = float(arr.min()), float(arr.max())
         if lo < -1e-3 or hi > 1 + 1e-3:

@@ -106,8 +106,16 @@ CONVERTERS: dict[str, Callable[[np.ndarray, Path], torch.Tensor]] = {
 
 
 def list_indices(folder: Path) -> list[int]:
-    """Sorted integer stems of the ``<i>.npy`` files in ``folder``."""
-    return sorted(int(m.group(1)) for f in os.listdir(folder) if (m := _NPY.match(f)))
+    """Sorted integer stems of the ``<i>.npy`` files in ``folder``; ``01.npy`` (a second spelling of an index,
+    which would be skipped or read twice) is refused."""
+    indices = []
+    for name in os.listdir(folder):
+        if m := _NPY.match(name):
+            if name != f"{int(m.group(1))}.npy":
+                raise UserError(f"{Path(folder) / name}: name it {int(m.group(1))}.npy (files are <i>.npy, i without "
+                                "leading zeros, one file per index)")  # fmt: skip
+            indices.append(int(m.group(1)))
+    return sorted(indices)
 
 
 class NpyMultiTaskDataset(Dataset):
