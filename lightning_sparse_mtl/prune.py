@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from lightning_sparse_mtl.runs.cli import entry_point  # not runs.configs: that imports Lightning
 from lightning_sparse_mtl.runs.data_paths import measured_input_size, point_data_at
-from lightning_sparse_mtl.runs.errors import exit_on_user_error
+from lightning_sparse_mtl.runs.errors import Interrupted, exit_on_user_error
 from lightning_sparse_mtl.runs.results import print_results, read_results, write_results
 from lightning_sparse_mtl.runs.validate import check_bool, check_prune_options, check_writable_file, require_ckpt_path
 
@@ -59,7 +59,14 @@ def main(cfg: DictConfig) -> None:
             fold_bn=cfg.fold_bn, channels_last=cfg.channels_last, export=cfg.export, min_run_time=cfg.min_run_time,
         )  # fmt: skip
 
-    exit_on_user_error(run)
+    def interruptible() -> None:
+        try:
+            run()
+        except KeyboardInterrupt:  # Ctrl-C: one line (exit 130), not a traceback
+            raise Interrupted("prune interrupted; run it again: until it finishes, pruned.pt, its exports and the "
+                              "figures in results.json may come from different prunes") from None  # fmt: skip
+
+    exit_on_user_error(interruptible)
 
 
 if __name__ == "__main__":

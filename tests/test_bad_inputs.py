@@ -344,3 +344,21 @@ def test_bad_data_is_refused(defect: str, tmp_path: Path) -> None:
     corrupt(root)
     with pytest.raises(UserError, match=re.escape(message)):
         NYUv2("test", root)
+
+
+def test_ctrl_c_during_prune_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    from lightning_sparse_mtl import prune
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes(b"x")
+    monkeypatch.setattr(prune, "prune_checkpoint", interrupted)
+    monkeypatch.setattr(sys, "argv", ["prune", f"ckpt_path={ckpt}"])
+    with pytest.raises(SystemExit) as exit_:
+        prune.main()
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert exit_.value.code == 130 and len(errors) == 1 and "prune interrupted" in errors[0], err
+    assert "Traceback" not in err
