@@ -264,3 +264,11 @@ def test_known_targets_cover_the_config_tree() -> None:
     assert is_known_target("torch.optim.SGD") and is_known_target("torch.optim.lr_scheduler.OneCycleLR")
     for bad in ("os.system", "builtins.exec", "torch.load", "torch.optim.lr_scheduler.LambdaLR.__init__", 3, None):
         assert not is_known_target(bad), bad
+
+
+def test_stored_interpolation_is_refused(pruned_file: Path, tmp_path: Path) -> None:
+    """A saved config is resolved, so "${...}" in one (oc.env, oc.decode of an object) was planted."""
+    path = foreign_pruned(pruned_file, tmp_path, "data.root", "${oc.decode:'{_target_: builtins.exec}'}")
+    with pytest.raises(UserError, match=r"data\.root is the interpolation"):
+        load_pruned(path)
+    assert load_pruned(path, trust=True)["config"]["data"]["root"].startswith("${oc.decode")

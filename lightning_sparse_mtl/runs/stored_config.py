@@ -66,11 +66,26 @@ def targets_in(node: Any, where: str = "") -> Iterator[tuple[str, Any]]:
             yield from targets_in(value, f"{where}[{i}]")
 
 
+def interpolations_in(node: Any, where: str = "") -> Iterator[tuple[str, str]]:
+    """``(dotted place, string)`` of every string holding an OmegaConf interpolation (``${...}``)."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            yield from interpolations_in(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, list | tuple):
+        for i, value in enumerate(node):
+            yield from interpolations_in(value, f"{where}[{i}]")
+    elif isinstance(node, str) and "${" in node:
+        yield where or "<root>", node
+
+
 def check_stored_config(cfg: Any, source: str | os.PathLike, trust: bool = False) -> None:
     """Refuse (one line naming ``source`` and the object) a config read from a file that names anything but a
     known target; ``trust`` (``trust_checkpoint=true``) lets it through."""
     if trust:
         return
+    for where, text in interpolations_in(cfg):  # a saved config is resolved: "${...}" could only be planted
+        raise UserError(f"{source} stores a config whose {where} is the interpolation {text!r}, which a saved "
+                        f"config never holds (it is resolved when saved); {TRUST_HINT}")  # fmt: skip
     for where, target in targets_in(cfg):
         if not is_known_target(target):
             raise UserError(
