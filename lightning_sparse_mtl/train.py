@@ -15,6 +15,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lightning_sparse_mtl.data.checks import check_train_steps
 from lightning_sparse_mtl.deploy.compact import prune_and_measure
 from lightning_sparse_mtl.mtl.delta_m import delta_m, load_baselines, metric_directions
+from lightning_sparse_mtl.peers import peer_settings
+from lightning_sparse_mtl.peers.tp import dense_view
 from lightning_sparse_mtl.reporting.run_summary import summary_text
 from lightning_sparse_mtl.reporting.wandb_log import finish_loggers, log_final_tables, log_run_config
 from lightning_sparse_mtl.runs.checkpoints import check_resume
@@ -117,6 +119,8 @@ def collect_results(cfg: DictConfig, module: SparseMTLModule, test_metrics: dict
         "git_commit": git_commit(),
         "run_dir": str(run_dir.resolve()),
         "sparsity": stats,
+        "method": module.method,  # method=<arm> (docs/peers.md)
+        **({"peer": module.peer_callback.results()} if module.peer is not None else {}),
         **module.target_results(),  # target (issue 15): final lambda, settings, lambda trajectory
         "config": plain_config(cfg),
     }
@@ -134,6 +138,8 @@ def prune_options(prune_cfg) -> dict:
 def train(cfg: DictConfig) -> dict:
     """Fit, test, prune (lambda > 0), write ``results.json`` in the run directory; returns the results dict."""
     tasks = validate_train_config(cfg)  # the whole config, before anything is built or written
+    sparsity = OmegaConf.to_container(cfg.sparsity, resolve=True) if cfg.get("sparsity") else {}
+    peer_settings(cfg.get("method"), sparsity, float(cfg["lambda"]))  # method=<arm>: checked (oto_hesso refused) here
     with open_dict(cfg):
         cfg.tasks = tasks  # tasks=seg -> [seg]
     run_dir = current_run_dir()
@@ -165,8 +171,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
         ckpt_path = checkpoint_to_test(trainer, cfg.get("test_ckpt", "last"))
         test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0]
         results = {**collect_results(cfg, module, test_metrics, run_dir, start), "ckpt_path": ckpt_path}
-        if trainer.is_global_zero and module.sparsity.active and cfg.prune.after_train:
-            figures = prune_and_measure(module, run_dir / "pruned.pt", **prune_options(cfg.prune))
+        if trainer.is_global_zero and (module.sparsity.active or module.peer is not None) and cfg.prune.after_train:
+            measured = module if module.peer is None else dense_view(module)  # a peer's pruned net, dense form
+            figures = prune_and_measure(measured, run_dir / "pruned.pt", **prune_options(cfg.prune))
             results.update(figures or {"pruned/channels_removed": 0})
         if trainer.is_global_zero:
             write_results(run_dir / "results.json", results)

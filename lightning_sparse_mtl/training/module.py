@@ -17,6 +17,7 @@ from torch import nn
 from lightning_sparse_mtl.models.net import MultiTaskNet
 from lightning_sparse_mtl.mtl.tasks import build_tasks
 from lightning_sparse_mtl.mtl.weighting import build_weighting
+from lightning_sparse_mtl.peers import method_name, peer_settings
 from lightning_sparse_mtl.runs.configs import MODULE_KEYS, plain_config
 from lightning_sparse_mtl.runs.errors import NonFiniteLossError, unknown_name
 from lightning_sparse_mtl.sparsity.controller import GroupSparsity, validate_sparsity_weight
@@ -42,6 +43,7 @@ class SparseMTLModule(L.LightningModule):
 
     def __init__(self, cfg: Mapping | DictConfig) -> None:
         super().__init__()
+        method = plain_config(cfg, ("method",)).get("method")  # method=<arm> (peers/): not a module key
         cfg = plain_config(cfg, MODULE_KEYS)
         self.save_hyperparameters({"cfg": cfg})
         self.cfg = cfg
@@ -51,6 +53,8 @@ class SparseMTLModule(L.LightningModule):
         weighting = dict(cfg.get("weighting") or {"name": "fixed"})
         self.weighting = build_weighting(weighting.pop("name"), self.task_names, cfg.get("task_weights"), **weighting)
         sp = dict(cfg.get("sparsity") or {})
+        self.method = method_name(method)
+        self.peer = peer_settings(method, sp, self.sparsity_weight)  # a peer arm takes sparsity.target_macs: popped
         target = sp.pop("module", "encoder")
         # target (issue 15): sparsity.target / target_macs adapt lambda; group_weight picks each group's weight
         self.target_settings, note = target_settings(sp, self.sparsity_weight, sp.get("prox", "adam"))
@@ -224,4 +228,10 @@ class SparseMTLModule(L.LightningModule):
     def configure_callbacks(self) -> list[L.Callback]:
         from lightning_sparse_mtl.training.callbacks import SparsityLogger
 
-        return [SparsityLogger()]
+        if self.peer is None:
+            return [SparsityLogger()]
+        from lightning_sparse_mtl.peers.tp import TorchPruningCallback
+
+        if getattr(self, "peer_callback", None) is None:  # one for fit and test: train.py reads it after both
+            self.peer_callback = TorchPruningCallback(self.peer)
+        return [SparsityLogger(), self.peer_callback]
