@@ -37,6 +37,7 @@ REFUSED = [
     (["trainer.precision=16-true", "sparsity.target=0.5"], "use trainer.precision=16-mixed"),
     (["data.dataset.cards=[4,2]"], "data.dataset.cards must be [min, max]"),
     (["data.dataset.seed=-1"], "data.dataset.seed must be an integer >= 0"),
+    (["data.splits.train=5"], "data.splits.train must map option names to values, got 5"),
 ]
 
 # The class fix for unknown keys and wrong types: every config group, both kinds, one line before the run dir.

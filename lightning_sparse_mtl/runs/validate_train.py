@@ -386,6 +386,9 @@ def check_data(data: Mapping) -> None:
     for split, opts in splits.items():
         if split not in ("train", "val", "test"):
             raise UserError(f"data.splits.{split}: unknown split; valid: train, val, test")
+        if not isinstance(opts, Mapping):
+            raise UserError(f"data.splits.{split} must map option names to values, got {opts!r}; "
+                            f"e.g. data.splits.{split}={{num_scenes: 100}}")  # fmt: skip
         if isinstance(opts, Mapping) and "num_scenes" in opts:
             check_int(f"data.splits.{split}.num_scenes", opts["num_scenes"], 1, example=100)
     dataset = data.get("dataset") or {}
