@@ -53,6 +53,7 @@ GROUPS = {  # group: (a wrong-typed value, the message naming it)
     "scheduler": ("scheduler.T_max=abc", "scheduler.T_max must be an integer"),
     "prune": ("prune.round_to=abc", "prune.round_to must be an integer"),
     "callbacks.model_checkpoint": ("callbacks.model_checkpoint._target_=3", "must be a dotted import path"),
+    "logger.csv": ("logger.csv._target_=lightning_sparse_mtl.nope.Logger", "cannot be imported"),
 }
 REFUSED += [([f"+{group}.zzz=1"], "'zzz'") for group in GROUPS] + [([bad], msg) for bad, msg in GROUPS.values()]
 

@@ -13,15 +13,33 @@ from lightning_sparse_mtl.runs.validate import locate_class
 HYDRA_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
 
 
-def accepted_keywords(target: Any) -> list[str] | None:
-    """Keyword arguments ``target`` accepts; None when it takes ``**kwargs`` (or has no readable signature)."""
+def _keywords(fn: Any) -> tuple[list[str], bool] | None:
+    """(named keyword parameters, whether it also takes ``**kwargs``) of ``fn``; None without a signature."""
     try:
-        params = inspect.signature(target).parameters.values()
+        params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return None
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return None
-    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"]
+    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def accepted_keywords(target: Any) -> list[str] | None:
+    """Keyword arguments ``target`` accepts; None when they are open (``**kwargs`` all the way down the class's
+    bases) or unreadable. A subclass ``__init__(*args, **kwargs)`` that passes them on takes its base's."""
+    inits = (
+        [k.__dict__["__init__"] for k in target.__mro__ if "__init__" in k.__dict__]
+        if isinstance(target, type)
+        else [target]
+    )
+    names: list[str] = []
+    for init in inits:
+        found = _keywords(init)
+        if found is None:
+            return None
+        names += [n for n in found[0] if n not in names]
+        if not found[1]:
+            return names
+    return None
 
 
 def check_keys(key: str, given: Mapping, valid: list[str] | None) -> None:
