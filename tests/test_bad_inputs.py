@@ -364,3 +364,22 @@ def test_ctrl_c_during_prune_is_one_line(tmp_path: Path, monkeypatch, capsys) ->
     errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert exit_.value.code == 130 and len(errors) == 1 and "prune interrupted" in errors[0], err
     assert "Traceback" not in err
+
+
+class _BadFile(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int):
+        raise UserError(f"cannot read image val/{i}.jpg: truncated; expected a readable .jpg file")
+
+
+def test_bad_file_found_in_a_dataloader_worker_is_one_line(capsys) -> None:
+    """num_workers > 0: torch wraps the worker's UserError in its traceback; the handler prints the message."""
+    from lightning_sparse_mtl.runs.errors import exit_on_user_error
+
+    with pytest.raises(SystemExit) as exit_:
+        exit_on_user_error(lambda: list(torch.utils.data.DataLoader(_BadFile(), num_workers=1)))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err == "error: cannot read image val/0.jpg: truncated; expected a readable .jpg file\n"

@@ -28,10 +28,20 @@ def unknown_name(kind: str, name: object, valid: Iterable[str]) -> UserError:
     return UserError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(valid))}")
 
 
+def user_message(err: UserError) -> str:
+    """The message of ``err``; raised in a DataLoader worker, torch wraps it in the worker's traceback: its
+    last line (``…UserError: <message>``) is the message."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
 def exit_on_user_error(fn: Callable[[], T]) -> T:
     """Run ``fn``; a :class:`UserError` becomes ``error: <message>`` on stderr and exit status 2 (130: interrupted)."""
     try:
         return fn()
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        print(f"error: {user_message(err)}", file=sys.stderr, flush=True)
         sys.exit(getattr(err, "exit_code", 2))
