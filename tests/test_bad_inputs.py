@@ -255,6 +255,8 @@ def test_cli_resume_keeps_the_runs_own_hydra_config(tmp_path: Path) -> None:
     assert (run_dir / ".hydra" / "overrides.yaml").read_text() == original
     resumed = sorted((run_dir / ".hydra").glob("resumed-*/overrides.yaml"))
     assert len(resumed) == 2 and "trainer.max_epochs=2" in resumed[-1].read_text()
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert names == ["epoch000.ckpt", "epoch001.ckpt", "last.ckpt"] or names == ["epoch001.ckpt", "last.ckpt"], names
 
 
 def test_empty_run_dir_is_refused(train_cfg, tmp_path: Path, monkeypatch, capsys) -> None:
