@@ -26,6 +26,8 @@ from lightning_sparse_mtl.peers.densify import KeptChannels, dense_form
 from lightning_sparse_mtl.peers.settings import PeerSettings
 from lightning_sparse_mtl.runs.errors import UserError
 
+SLACK = 0.003  # a pruning step stops within this MACs fraction above its goal (the study's tolerance is 0.02)
+
 
 class TorchPruningCallback(L.Callback):
     """Runs a Torch-Pruning arm inside ``trainer.fit``; ``results()`` and ``dense_net()`` serve results.json."""
@@ -107,27 +109,39 @@ class TorchPruningCallback(L.Callback):
         """Global pruner steps until the MACs fraction reaches this pruning step's goal.
 
         Each ``pruner.step()`` prunes to a cumulative global channel ratio r (of the encoder's prunable channels,
-        ranked by group magnitude across all groups). r advances by 70% of the gap that MACs ~ (1 - r)^2 predicts,
-        at least ``1 / pruner_steps``: a handful of re-ranked steps land within one fine step of the goal.
+        ranked by group magnitude across all groups). r advances by 70% of the gap (50% within 0.02 of the goal) to
+        the most cautious predicted ratio for the goal, at least ``1 / pruner_steps``, until the MACs fraction is
+        within ``SLACK`` above the goal: a handful of re-ranked steps.
         """
         assert self.pruner is not None and self.kept is not None
         net, example = pl_module.net, self._example(pl_module)
         goal, fine = self.settings.goal(self._next), 1.0 / self.settings.pruner_steps
         fraction = count_macs(net, example) / self.dense_macs
-        calls = 0
+        calls, trajectory = 0, [(round(self.ratio, 5), round(fraction, 5))]  # (channel ratio, MACs fraction)
         was_training = net.training
         net.eval()
         try:
-            while fraction > goal and self.ratio < 1.0:
-                predicted = 1.0 - (1.0 - self.ratio) * (goal / fraction) ** 0.5
-                self.ratio = min(1.0, self.ratio + max(fine, 0.7 * (predicted - self.ratio)))
+            last: tuple[float, float] | None = None  # (ratio, MACs fraction) before the last pruner step
+            while fraction > goal + SLACK and self.ratio < 1.0:
+                # the most cautious of three predictions: MACs ~ (1 - r)^2, the average slope since the dense net,
+                # the secant through the last two points (steep after a plateau of cheap channels: never alone)
+                guesses = [1.0 - (1.0 - self.ratio) * (goal / fraction) ** 0.5]
+                if self.ratio > 0 and fraction < 1.0:
+                    guesses.append(self.ratio + (fraction - goal) * self.ratio / (1.0 - fraction))
+                if last is not None and last[1] - fraction > 1e-9:
+                    guesses.append(self.ratio + (fraction - goal) * (self.ratio - last[0]) / (last[1] - fraction))
+                predicted = min(guesses)
+                last = (self.ratio, fraction)
+                share = 0.7 if fraction - goal > 0.02 else 0.5  # approach from above
+                self.ratio = min(1.0, self.ratio + max(fine, share * (predicted - self.ratio)))
                 self._pruner_step(self.ratio)
                 calls += 1
                 fraction = count_macs(net, example) / self.dense_macs
+                trajectory.append((round(self.ratio, 5), round(fraction, 5)))
         finally:
             net.train(was_training)
         self.stages.append({"step": step, "goal": goal, "macs_fraction": fraction, "channel_ratio": self.ratio,
-                            "pruner_steps": calls})  # fmt: skip
+                            "pruner_steps": calls, "trajectory": trajectory})  # fmt: skip
         self._next += 1
         print(f"{self.settings.name}: pruning step {self._next}/{self.settings.prune_steps} at optimizer step {step}: "
               f"MACs fraction {fraction:.3f} (goal {goal:.3f}, {calls} pruner steps)")  # fmt: skip
