@@ -18,7 +18,8 @@ from lightning_sparse_mtl.train import train
 from lightning_sparse_mtl.training.module import SparseMTLModule
 
 # 4 batches of 16 tiny scenes: 4 optimizer steps; one validation and one test batch; timing kept to a minimum
-STEPS = ["trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "prune.batch_sizes=[1]", "prune.latency_repeats=1"]
+STEPS = ["trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "prune.batch_sizes=[1]",
+         "prune.latency_repeats=1"]  # fmt: skip
 TARGET = 0.5
 
 
@@ -33,6 +34,7 @@ def test_torch_pruning_arm_reaches_the_budget_and_exports(arm: str, export: bool
     stages = peer["stages"]
     assert len(stages) == cfg.method.prune_steps and all(s["step"] < peer["schedule"]["total"] for s in stages)
     assert abs(peer["macs_fraction"] - TARGET) <= 0.02, peer  # measured on the pruned net during training
+    assert (peer["regularised_steps"] > 0) == (arm == "tp_group_norm")
     # the compact path, on the dense form of the pruned net: same channels removed, same MACs, verified exports
     fraction = results["pruned/macs"] / results["dense/macs"]
     assert abs(fraction - TARGET) <= 0.02, fraction

@@ -41,6 +41,7 @@ class TorchPruningCallback(L.Callback):
         self.dense_macs = 0
         self._next = 0  # index of the next pruning step
         self.ratio = 0.0  # cumulative global channel pruning ratio reached
+        self.regularised_steps = 0  # optimizer steps with the GroupNormPruner regulariser (tp_group_norm)
 
     # --- set-up ------------------------------------------------------------------------------------------
     def _example(self, pl_module: L.LightningModule) -> torch.Tensor:
@@ -103,6 +104,7 @@ class TorchPruningCallback(L.Callback):
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
         if self.pruner is not None and self._regularising(trainer.global_step):
             self.pruner.regularize(pl_module.net, alpha=2**self.settings.reg_alpha)  # adds to .grad
+            self.regularised_steps += 1
 
     @torch.no_grad()
     def _prune_step(self, pl_module: L.LightningModule, step: int) -> None:
@@ -165,6 +167,7 @@ class TorchPruningCallback(L.Callback):
             "settings": {k: v for k, v in vars(self.settings).items() if k != "name"},
             "schedule": self.plan,
             "stages": self.stages,
+            "regularised_steps": self.regularised_steps,
             "macs_fraction": self.stages[-1]["macs_fraction"] if self.stages else 1.0,
             "kept_channels": self.kept.to_dict() if self.kept else {},
         }
