@@ -159,7 +159,7 @@ def test_cached_norm_is_the_weights_group_norm() -> None:
         opt.step()
         for i, g in enumerate(gs.groups):
             version, norms = gs._norms[i]
-            assert version == g.weight._version
+            assert version == g.version() == (g.weight._version,)
             assert torch.allclose(norms, channel_norms(g.weight), rtol=1e-6, atol=0)
 
 
