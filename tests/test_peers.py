@@ -35,6 +35,9 @@ def test_torch_pruning_arm_reaches_the_budget_and_exports(arm: str, export: bool
     assert len(stages) == cfg.method.prune_steps and all(s["step"] < peer["schedule"]["total"] for s in stages)
     assert abs(peer["macs_fraction"] - TARGET) <= 0.02, peer  # measured on the pruned net during training
     assert (peer["regularised_steps"] > 0) == (arm == "tp_group_norm")
+    for rebuild in peer["optimizer_rebuilds"]:  # shapes changed: a new optimizer over the pruned net, same lr
+        assert rebuild["optimizer_has_net_params"] and rebuild["lr_after"] == rebuild["lr_before"], rebuild
+    assert peer["optimizer_rebuilds"]
     # the compact path, on the dense form of the pruned net: same channels removed, same MACs, verified exports
     fraction = results["pruned/macs"] / results["dense/macs"]
     assert abs(fraction - TARGET) <= 0.02, fraction

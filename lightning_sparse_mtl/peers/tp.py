@@ -42,6 +42,7 @@ class TorchPruningCallback(L.Callback):
         self._next = 0  # index of the next pruning step
         self.ratio = 0.0  # cumulative global channel pruning ratio reached
         self.regularised_steps = 0  # optimizer steps with the GroupNormPruner regulariser (tp_group_norm)
+        self.rebuilds: list[dict[str, Any]] = []  # optimizer rebuilds: step, lr before/after, params of the pruned net
 
     # --- set-up ------------------------------------------------------------------------------------------
     def _example(self, pl_module: L.LightningModule) -> torch.Tensor:
@@ -96,7 +97,14 @@ class TorchPruningCallback(L.Callback):
             self._prune_step(pl_module, step)
             pruned = True
         if pruned:
+            before = trainer.optimizers[0].param_groups[0]["lr"]
             rebuild_optimizers(trainer)
+            groups = trainer.optimizers[0].param_groups
+            held = {id(p) for g in groups for p in g["params"]}
+            complete = all(id(p) in held for p in pl_module.parameters())
+            self.rebuilds.append(
+                {"step": step, "lr_before": before, "lr_after": groups[0]["lr"], "optimizer_has_net_params": complete}
+            )
 
     def _due(self, step: int) -> bool:
         return self._next < len(self.plan["prune_at"]) and self.plan["prune_at"][self._next] <= step
@@ -168,6 +176,7 @@ class TorchPruningCallback(L.Callback):
             "schedule": self.plan,
             "stages": self.stages,
             "regularised_steps": self.regularised_steps,
+            "optimizer_rebuilds": self.rebuilds,
             "macs_fraction": self.stages[-1]["macs_fraction"] if self.stages else 1.0,
             "kept_channels": self.kept.to_dict() if self.kept else {},
         }
