@@ -23,10 +23,10 @@ STEPS = ["trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "prune.b
 TARGET = 0.5
 
 
-@pytest.mark.parametrize("arm, export", [("tp_magnitude", True), ("tp_group_norm", False)])
-def test_torch_pruning_arm_reaches_the_budget_and_exports(arm: str, export: bool, train_cfg) -> None:
+@pytest.mark.parametrize("arm", ["tp_magnitude", "tp_group_norm"])
+def test_torch_pruning_arm_reaches_the_budget_and_exports(arm: str, train_cfg) -> None:
     extra = ["method.prune_steps=2"] if arm == "tp_magnitude" else []  # iterative, in fewer pruner calls than 5
-    cfg = train_cfg(f"method={arm}", f"sparsity.target_macs={TARGET}", *STEPS, *extra, f"prune.export={export}".lower())
+    cfg = train_cfg(f"method={arm}", f"sparsity.target_macs={TARGET}", *STEPS, *extra, "prune.export=true")
     results = train(cfg)
     on_disk = json.loads((Path(cfg.hydra.runtime.output_dir) / "results.json").read_text())
     assert on_disk["method"] == arm and on_disk["lambda"] == 0.0
@@ -41,12 +41,13 @@ def test_torch_pruning_arm_reaches_the_budget_and_exports(arm: str, export: bool
     # the compact path, on the dense form of the pruned net: same channels removed, same MACs, verified exports
     fraction = results["pruned/macs"] / results["dense/macs"]
     assert abs(fraction - TARGET) <= 0.02, fraction
+    assert results["pruned/params"] == on_disk["params"]  # exactly Torch-Pruning's architecture again
+    assert fraction == pytest.approx(peer["macs_fraction"], abs=1e-9)
     assert results["pruned/max_abs_diff"] <= 1e-4 and results["pruned/inference_form_max_abs_diff"] <= 1e-4
     assert results["pruned/speedup_b1"] > 0
-    if export:
-        assert results["pruned/pt2_max_abs_diff"] <= 1e-4
-        for key in ("pruned/onnx_max_abs_diff", "dense/onnx_max_abs_diff"):
-            assert results.get(key, 0.0) <= 1e-4, key
+    assert results["pruned/pt2_max_abs_diff"] <= 1e-4 and Path(results["pruned/pt2_path"]).is_file()
+    for key in ("pruned/onnx_max_abs_diff", "dense/onnx_max_abs_diff"):  # with the [deploy] extra
+        assert results.get(key, 0.0) <= 1e-4, key
     for key in ("test/seg/miou", "params", "sparsity/group_sparsity", "ckpt_path", "pruned/macs_ratio"):
         assert key in on_disk, key
 
@@ -98,3 +99,15 @@ def test_schedule_puts_every_pruning_step_before_the_last_optimizer_step() -> No
     plan = s.schedule(300)
     assert plan["prune_at"] == [200, 206, 212, 218, 224] and s.goal(4) == pytest.approx(0.25)
     assert PeerSettings("tp_magnitude", 0.25, dense_fraction=1.0, prune_steps=3).schedule(4)["prune_at"] == [3, 3, 3]
+
+
+def test_method_follows_the_experiment(train_cfg) -> None:
+    """experiment=digits_sparse method=<peer>: the experiment's recipe, the peer's lambda (0) and options."""
+    cfg = train_cfg("experiment=digits_sparse", "method=tp_group_norm", "sparsity.target_macs=0.25", tiny=False)
+    assert cfg["lambda"] == 0.0 and cfg.trainer.max_epochs == 10 and cfg.method.sparse_fraction == 0.25
+    coupled = train_cfg("experiment=digits_sparse", "method=group_lasso_coupled", tiny=False)
+    assert (
+        coupled["lambda"] == 2e-5
+        and coupled.sparsity.groups == "coupled"
+        and coupled.method.name == "group_lasso_coupled"
+    )
