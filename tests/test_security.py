@@ -272,3 +272,18 @@ def test_stored_interpolation_is_refused(pruned_file: Path, tmp_path: Path) -> N
     with pytest.raises(UserError, match=r"data\.root is the interpolation"):
         load_pruned(path)
     assert load_pruned(path, trust=True)["config"]["data"]["root"].startswith("${oc.decode")
+
+
+@pytest.mark.parametrize("where", ["optimizer._target_", "optimizer.x", "scheduler._target_"])
+def test_module_builds_only_torch_optimizers_from_its_config(where: str, ckpt: dict, tmp_path: Path) -> None:
+    """Lightning's load_from_checkpoint skips our loaders; fitting the module it returns must not build a
+    stored foreign object either (configure_optimizers checks first)."""
+    from lightning_sparse_mtl.training.module import SparseMTLModule
+
+    marker = tmp_path / "MARKER"
+    cfg = copy.deepcopy(ckpt["hyper_parameters"]["cfg"])
+    group, key = where.split(".")
+    cfg[group][key] = "builtins.exec" if key == "_target_" else exec_target(marker)
+    with pytest.raises(UserError, match=r"builtins\.exec"):
+        SparseMTLModule(cfg).configure_optimizers()
+    assert not marker.exists()

@@ -233,6 +233,16 @@ def check_optimizer(cfg: Any) -> None:
         instantiate_checked("scheduler", sched, optimizer=optimizer)
 
 
+def check_optimizer_objects(cfg: Any) -> None:
+    """Before ``optimizer``/``scheduler`` are built from a config (also one read from a checkpoint by Lightning's
+    ``load_from_checkpoint``): a torch optimizer and lr scheduler class, nothing nested."""
+    check_nested_targets(cfg)
+    check_optimizer_class(cfg)
+    sched = get(cfg, "scheduler")
+    if isinstance(sched, Mapping) and sched:
+        check_scheduler_class(locate_class("scheduler", sched.get("_target_")), sched.get("_target_"))
+
+
 def check_scheduler_class(cls: Any, target: str) -> None:
     """A torch lr scheduler that steps by epoch or step (ReduceLROnPlateau needs a monitored metric: not wired)."""
     lrs = torch.optim.lr_scheduler

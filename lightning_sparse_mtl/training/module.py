@@ -155,6 +155,9 @@ class SparseMTLModule(L.LightningModule):
         self._log_metrics("test")
 
     def configure_optimizers(self) -> Any:
+        from lightning_sparse_mtl.runs.validate_train import check_optimizer_objects
+
+        check_optimizer_objects(self.cfg)  # cfg may come from a file (load_from_checkpoint): torch classes only
         optimizer = instantiate(self.cfg["optimizer"], params=self.parameters())
         if self.sparsity.active:
             self.sparsity.attach(optimizer)  # masks, penalty gradient and prox inside optimizer.step()
