@@ -148,18 +148,23 @@ def channel_usage(runs_dir: Path, out: Path, seeds: list[int]) -> Path | None:
     return out / "channel_overlap.md"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=str(ROOT / "experiments" / "results" / "digits_study"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    parser.add_argument("--lambda", dest="lam", default=None, help="sparse λ (default: the preset's)")
+def add_queue_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every resumable study queue takes (this one and ``grouping_study.py``)."""
     parser.add_argument("--tiny", action="store_true", help="tiny images and few steps: check the pipeline")
     parser.add_argument("--lock", default=None, help="flock this file around each job")
     parser.add_argument("--max-jobs", type=int, default=None, help="run at most this many new jobs, then stop")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--dry-run", action="store_true", help="print the jobs and exit")
     parser.add_argument("overrides", nargs="*", help="extra train overrides for every job (e.g. trainer.max_epochs=3)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=str(ROOT / "experiments" / "results" / "digits_study"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--lambda", dest="lam", default=None, help="sparse λ (default: the preset's)")
+    add_queue_arguments(parser)
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     runs_dir = out / "runs"

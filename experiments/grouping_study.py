@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from digits_study import TINY, run_job  # noqa: E402
+from digits_study import TINY, add_queue_arguments, run_job  # noqa: E402
 
 from lightning_sparse_mtl.reporting.aggregate import write_report  # noqa: E402
 
@@ -57,12 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--targets", type=float, nargs="+", default=[0.12, 0.25, 0.08])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--seed-targets", type=float, nargs="+", default=[0.25, 0.12])
-    parser.add_argument("--tiny", action="store_true", help="tiny images and few steps: check the pipeline")
-    parser.add_argument("--lock", default=None, help="flock this file around each job")
-    parser.add_argument("--max-jobs", type=int, default=None, help="run at most this many new jobs, then stop")
-    parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("--dry-run", action="store_true", help="print the jobs and exit")
-    parser.add_argument("overrides", nargs="*", help="extra train overrides for every job")
+    add_queue_arguments(parser)
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     runs_dir = out / "runs"
