@@ -187,6 +187,7 @@ HYDRA_ERRORS = [
 ]
 
 
+@pytest.mark.slow  # one real process per case (~7 s each): in `make test-slow`, which CI runs too
 @pytest.mark.parametrize(("entry", "override", "message"), HYDRA_ERRORS)
 def test_config_that_does_not_compose_is_one_line(entry: str, override: str, message: str, tmp_path: Path) -> None:
     """Hydra's composition and override-parsing errors end in the same one-line handler (exit 2, no traceback)."""
@@ -240,6 +241,7 @@ def test_resume_that_would_lie_is_refused_before_anything_is_written(overrides, 
     assert snapshot(run_dir) == before
 
 
+@pytest.mark.slow  # two real training processes (~26 s): in `make test-slow`, which CI runs too
 def test_cli_resume_keeps_the_runs_own_hydra_config(tmp_path: Path) -> None:
     """A resume (refused late or done) writes its config beside, never over, the run's .hydra/ files."""
     run_dir = tmp_path / "run"
