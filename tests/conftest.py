@@ -52,3 +52,14 @@ def train_cfg(tmp_path: Path):
         return compose_train_cfg(run_dir, list(overrides), tiny)
 
     return make
+
+
+def short_dense_run(tmp_path_factory: pytest.TempPathFactory, overrides: list[str]) -> Path:
+    """One short dense training run in a fresh tmp folder (module-scoped fixtures of several files use it)."""
+
+    from lightning_sparse_mtl.train import train
+
+    os.environ.setdefault("LSMTL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    run_dir = tmp_path_factory.mktemp("dense")
+    train(compose_train_cfg(run_dir, overrides))
+    return run_dir

@@ -15,7 +15,6 @@ from lightning_sparse_mtl.evaluate import evaluate
 from lightning_sparse_mtl.prune import prune_checkpoint
 from lightning_sparse_mtl.runs.checkpoints import load_pruned
 from lightning_sparse_mtl.sparsity.groups import group_norms
-from lightning_sparse_mtl.train import train
 
 SHORT = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
 
@@ -23,14 +22,9 @@ SHORT = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
 @pytest.fixture(scope="module")
 def dense_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One short dense training run shared by the tests of this file."""
-    import os
+    from conftest import short_dense_run
 
-    from conftest import compose_train_cfg
-
-    os.environ.setdefault("LSMTL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-    run_dir = tmp_path_factory.mktemp("dense")
-    train(compose_train_cfg(run_dir, SHORT))
-    return run_dir
+    return short_dense_run(tmp_path_factory, SHORT)
 
 
 def sparsify_checkpoint(dense_run: Path, dest: Path, fraction: float = 0.5, seed: int = 0) -> Path:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,14 +49,9 @@ def exec_target(marker: Path) -> dict:
 @pytest.fixture(scope="module")
 def dense_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One short dense training run shared by the tests of this file."""
-    from conftest import compose_train_cfg
+    from conftest import short_dense_run
 
-    from lightning_sparse_mtl.train import train
-
-    os.environ.setdefault("LSMTL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-    run_dir = tmp_path_factory.mktemp("dense")
-    train(compose_train_cfg(run_dir, SHORT))
-    return run_dir
+    return short_dense_run(tmp_path_factory, SHORT)
 
 
 @pytest.fixture(scope="module")
