@@ -23,7 +23,9 @@ removable channel. ``shared`` (a submodule name) limits the groups to spaces tha
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -88,8 +90,9 @@ class CoupledGroup:
         """Weights in all groups of the space."""
         return int(self.sizes().sum())
 
-    @property
+    @cached_property
     def params(self) -> list[nn.Parameter]:
+        """The distinct tensors of the space (computed once: read on every optimizer step)."""
         seen: dict[int, nn.Parameter] = {}
         for p in self.pieces:
             seen.setdefault(id(p.param), p.param)
@@ -145,8 +148,6 @@ def find_coupled_groups(
     ``exclude``: regexes; a space with any layer whose name matches is not grouped. Names are ``prefix`` +
     module path of the space's root layer.
     """
-    import re
-
     patterns = [re.compile(p) for p in exclude]
     names = {m: n for n, m in model.named_modules()}
     if shared is not None:
