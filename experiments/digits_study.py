@@ -155,7 +155,19 @@ def add_queue_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-jobs", type=int, default=None, help="run at most this many new jobs, then stop")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--dry-run", action="store_true", help="print the jobs and exit")
+    parser.add_argument("--only", nargs="+", default=None, metavar="JOB", help="run just these jobs, in this order")
     parser.add_argument("overrides", nargs="*", help="extra train overrides for every job (e.g. trainer.max_epochs=3)")
+
+
+def select_jobs(todo: list[tuple[str, list[str]]], only: list[str] | None) -> list[tuple[str, list[str]]]:
+    """The queue, or just the jobs named in ``only`` in that order (an unknown name is an error)."""
+    if not only:
+        return todo
+    by_name = dict(todo)
+    unknown = [name for name in only if name not in by_name]
+    if unknown:
+        raise SystemExit(f"error: unknown job(s) {unknown}; --dry-run lists the queue")
+    return [(name, by_name[name]) for name in only]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -169,7 +181,9 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out).resolve()
     runs_dir = out / "runs"
     extra = [*(TINY if args.tiny else []), *args.overrides]
-    todo = jobs(args.tasks, args.seeds, args.lam or (TINY_LAMBDA if args.tiny else preset_lambda()))
+    todo = select_jobs(
+        jobs(args.tasks, args.seeds, args.lam or (TINY_LAMBDA if args.tiny else preset_lambda())), args.only
+    )
     log_path = out / "study.json"
     log = json.loads(log_path.read_text()) if log_path.is_file() else {"jobs": {}}
     log["extra_overrides"] = extra

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from digits_study import TINY, add_queue_arguments, run_job  # noqa: E402
+from digits_study import TINY, add_queue_arguments, run_job, select_jobs  # noqa: E402
 
 from lightning_sparse_mtl.reporting.aggregate import write_report  # noqa: E402
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out).resolve()
     runs_dir = out / "runs"
     extra = [*(TINY if args.tiny else []), *args.overrides]
-    todo = jobs(args.targets, args.seeds, args.seed_targets)
+    todo = select_jobs(jobs(args.targets, args.seeds, args.seed_targets), args.only)
     if args.dry_run:
         for name, overrides in todo:
             print(name, " ".join(["experiment=digits_sparse", *extra, *overrides]))
