@@ -1,5 +1,5 @@
 """Packaging of the Hydra configs: the repo keeps ``conf/`` at the top level, the wheel ships it as
-``lightning_sparse_mtl/conf`` (everything else is in pyproject.toml). ``runs.configs.CONFIG_DIR`` finds either."""
+``lightning_sparse_mtl/conf`` (everything else is in pyproject.toml). ``core.configs.CONFIG_DIR`` finds either."""
 
 from setuptools import find_packages, setup
 

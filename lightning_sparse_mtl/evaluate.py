@@ -13,19 +13,19 @@ import json
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-import lightning_sparse_mtl.runs.configs  # noqa: F401 - stores the Trainer schema evaluate.yaml builds on
-from lightning_sparse_mtl.runs.cli import entry_point
-from lightning_sparse_mtl.runs.data_paths import point_data_at
-from lightning_sparse_mtl.runs.errors import UserError, exit_on_user_error
-from lightning_sparse_mtl.runs.logfile import quiet_known_noise
-from lightning_sparse_mtl.runs.results import print_results, to_jsonable, write_results
-from lightning_sparse_mtl.runs.validate import (
+import lightning_sparse_mtl.core.configs  # noqa: F401 - stores the Trainer schema evaluate.yaml builds on
+from lightning_sparse_mtl.core.errors import UserError, exit_on_user_error
+from lightning_sparse_mtl.core.results import print_results, to_jsonable, write_results
+from lightning_sparse_mtl.core.validate import (
     check_bool,
     check_folder,
     check_int,
     check_writable_file,
     require_ckpt_path,
 )
+from lightning_sparse_mtl.runs.cli import entry_point
+from lightning_sparse_mtl.runs.data_paths import point_data_at
+from lightning_sparse_mtl.runs.logfile import quiet_known_noise
 from lightning_sparse_mtl.runs.validate_train import check_num_nodes, check_trainer
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from lightning_sparse_mtl.runs.cli import entry_point  # not runs.configs: that imports Lightning
+from lightning_sparse_mtl.core.errors import Interrupted, exit_on_user_error
+from lightning_sparse_mtl.core.results import print_results, read_results, write_results
+from lightning_sparse_mtl.core.validate import check_bool, check_prune_options, check_writable_file, require_ckpt_path
+from lightning_sparse_mtl.runs.cli import entry_point  # not core.configs: that imports Lightning
 from lightning_sparse_mtl.runs.data_paths import measured_input_size, point_data_at
-from lightning_sparse_mtl.runs.errors import Interrupted, exit_on_user_error
-from lightning_sparse_mtl.runs.results import print_results, read_results, write_results
-from lightning_sparse_mtl.runs.validate import check_bool, check_prune_options, check_writable_file, require_ckpt_path
 
 
 def prune_checkpoint(

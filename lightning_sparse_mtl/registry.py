@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from lightning_sparse_mtl.runs.errors import unknown_name
+from lightning_sparse_mtl.core.errors import unknown_name
 
 T = TypeVar("T")
 

@@ -12,6 +12,12 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lightning_sparse_mtl.core.configs import plain_config
+from lightning_sparse_mtl.core.errors import Interrupted, NonFiniteLossError, UserError, exit_on_user_error
+from lightning_sparse_mtl.core.provenance import git_commit, package_versions
+from lightning_sparse_mtl.core.results import print_results, write_results
+from lightning_sparse_mtl.core.safe_load import allowed_globals
+from lightning_sparse_mtl.core.validate import instantiate_checked
 from lightning_sparse_mtl.data.checks import check_train_steps
 from lightning_sparse_mtl.deploy.compact import prune_and_measure
 from lightning_sparse_mtl.mtl.delta_m import delta_m, load_baselines, metric_directions
@@ -21,15 +27,9 @@ from lightning_sparse_mtl.reporting.run_summary import summary_text
 from lightning_sparse_mtl.reporting.wandb_log import finish_loggers, log_final_tables, log_run_config
 from lightning_sparse_mtl.runs.checkpoints import check_resume
 from lightning_sparse_mtl.runs.cli import entry_point
-from lightning_sparse_mtl.runs.configs import plain_config
 from lightning_sparse_mtl.runs.csv_log import prepare_csv_resume
-from lightning_sparse_mtl.runs.errors import Interrupted, NonFiniteLossError, UserError, exit_on_user_error
 from lightning_sparse_mtl.runs.logfile import run_log
-from lightning_sparse_mtl.runs.provenance import git_commit, package_versions
-from lightning_sparse_mtl.runs.results import print_results, write_results
 from lightning_sparse_mtl.runs.run_dir import guard_run_dir, holds, release_run_dir
-from lightning_sparse_mtl.runs.safe_load import allowed_globals
-from lightning_sparse_mtl.runs.validate import instantiate_checked
 from lightning_sparse_mtl.runs.validate_train import validate_train_config
 from lightning_sparse_mtl.sparsity.stats import sparsity_stats
 from lightning_sparse_mtl.training.checkpoint_io import AtomicCheckpointIO

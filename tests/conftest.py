@@ -13,7 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from lightning_sparse_mtl.runs.configs import CONFIG_DIR
+from lightning_sparse_mtl.core.configs import CONFIG_DIR
 
 __all__ = ["ROOT", "TINY", "compose_train_cfg"]
 

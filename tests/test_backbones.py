@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_sparse_mtl.core.errors import UserError
 from lightning_sparse_mtl.models.encoders import build_encoder
 from lightning_sparse_mtl.models.net import MultiTaskNet
 from lightning_sparse_mtl.mtl.tasks import build_tasks
-from lightning_sparse_mtl.runs.errors import UserError
 from lightning_sparse_mtl.sparsity.groups import find_conv_groups, group_norms, image_layers, ungrouped_layers
 from lightning_sparse_mtl.sparsity.pruning import prune_zero_channels
 from lightning_sparse_mtl.train import train

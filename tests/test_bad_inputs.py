@@ -14,7 +14,7 @@ from helpers.runs import SHORT, TINY, run_module
 from omegaconf import OmegaConf, open_dict
 from torch import nn
 
-from lightning_sparse_mtl.runs.errors import UserError
+from lightning_sparse_mtl.core.errors import UserError
 from lightning_sparse_mtl.runs.run_dir import RunGuard
 from lightning_sparse_mtl.sparsity.controller import GroupSparsity
 
@@ -380,7 +380,7 @@ class _BadFile(torch.utils.data.Dataset):
 
 def test_bad_file_found_in_a_dataloader_worker_is_one_line(capsys) -> None:
     """num_workers > 0: torch wraps the worker's UserError in its traceback; the handler prints the message."""
-    from lightning_sparse_mtl.runs.errors import exit_on_user_error
+    from lightning_sparse_mtl.core.errors import exit_on_user_error
 
     with pytest.raises(SystemExit) as exit_:
         exit_on_user_error(lambda: list(torch.utils.data.DataLoader(_BadFile(), num_workers=1)))

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_sparse_mtl.core.errors import UserError
 from lightning_sparse_mtl.deploy.measure import count_macs
-from lightning_sparse_mtl.runs.errors import UserError
 from lightning_sparse_mtl.sparsity.costs import MacsMeter, group_macs, group_weights
 from lightning_sparse_mtl.sparsity.groups import find_conv_groups
 from lightning_sparse_mtl.sparsity.pruning import prune_zero_channels

@@ -11,9 +11,9 @@ import torch
 from helpers.references import reference_adam_prox
 from torch import nn
 
+from lightning_sparse_mtl.core.errors import UserError
 from lightning_sparse_mtl.models.net import MultiTaskNet
 from lightning_sparse_mtl.mtl.tasks import build_tasks
-from lightning_sparse_mtl.runs.errors import UserError
 from lightning_sparse_mtl.sparsity import GroupSparsity, prune_zero_channels, sparsity_stats
 from lightning_sparse_mtl.sparsity.costs import MacsMeter
 from lightning_sparse_mtl.sparsity.coupled import CoupledGroup

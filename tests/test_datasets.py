@@ -10,11 +10,11 @@ import torch
 from helpers.datasets import CELEBA_ATTRS, celeba_masks, make_celeba, make_cityscapes, make_nyuv2
 from PIL import Image
 
+from lightning_sparse_mtl.core.errors import UserError
 from lightning_sparse_mtl.data.celeba import ATTR_FILE, CelebAMaskHQ, compose_seg
 from lightning_sparse_mtl.data.cityscapes import Cityscapes
 from lightning_sparse_mtl.data.nyuv2 import NYUv2, carve_indices
 from lightning_sparse_mtl.data.transforms import JointTransform, hflip, random_crop, resize, scale
-from lightning_sparse_mtl.runs.errors import UserError
 
 
 def make_sample(h: int = 6, w: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from lightning_sparse_mtl.core.errors import UserError
 from lightning_sparse_mtl.mtl.delta_m import delta_m, load_baselines, metric_directions
 from lightning_sparse_mtl.mtl.tasks import build_tasks
-from lightning_sparse_mtl.runs.errors import UserError
 
 DIRECTIONS = {"test/seg/miou": True, "test/depth/abs_err": False, "test/normal/mean": False, "test/Male/acc": True}
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_sparse_mtl.core.errors import UserError
 from lightning_sparse_mtl.deploy import export as ex
 from lightning_sparse_mtl.deploy.compact import prune_and_measure, prune_copy
 from lightning_sparse_mtl.deploy.inference import fold_batchnorm, inference_form
@@ -22,7 +23,6 @@ from lightning_sparse_mtl.deploy.speed import speed_table
 from lightning_sparse_mtl.models.net import MultiTaskNet
 from lightning_sparse_mtl.mtl.tasks import build_tasks
 from lightning_sparse_mtl.runs.checkpoints import LEGACY_PRUNED_FORMAT, load_any, load_pruned
-from lightning_sparse_mtl.runs.errors import UserError
 from lightning_sparse_mtl.sparsity.groups import find_conv_groups
 from lightning_sparse_mtl.sparsity.pruning import _flatten, prune_zero_channels
 from lightning_sparse_mtl.training.module import SparseMTLModule
@@ -357,8 +357,8 @@ def test_failed_prune_keeps_the_earlier_exports_and_export_false_removes_them(de
     timing) leaves the earlier files byte for byte; a later export=false prune removes exports it did not write."""
     import shutil
 
+    from lightning_sparse_mtl.core.errors import UserError
     from lightning_sparse_mtl.deploy import compact
-    from lightning_sparse_mtl.runs.errors import UserError
 
     src, _, module = deployed
     names = ("pruned.pt", "pruned.pt2", "pruned.onnx", "dense.onnx")

@@ -12,7 +12,7 @@ import pytest
 from helpers.datasets import make_celeba, make_cityscapes, make_nyuv2
 from hydra.utils import instantiate
 
-from lightning_sparse_mtl.runs.errors import UserError
+from lightning_sparse_mtl.core.errors import UserError
 from lightning_sparse_mtl.train import train
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from lightning_sparse_mtl.core.configs import CONFIG_DIR
 from lightning_sparse_mtl.runs import logfile
-from lightning_sparse_mtl.runs.configs import CONFIG_DIR
 from lightning_sparse_mtl.training.progress import short_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,7 +109,7 @@ def installed_run(
     elsewhere = tmp_path_factory.mktemp("elsewhere")
     cache = os.environ.get("LSMTL_CACHE_DIR", str(elsewhere / "cache"))
     env = clean_env(installed, LSMTL_CACHE_DIR=cache)
-    probe = "import lightning_sparse_mtl.runs.configs as c; print(c.__file__, c.CONFIG_DIR)"
+    probe = "import lightning_sparse_mtl.core.configs as c; print(c.__file__, c.CONFIG_DIR)"
     module_file, config_dir = run([sys.executable, "-c", probe], elsewhere, env).stdout.split()
     assert Path(module_file).is_relative_to(installed) and Path(config_dir) == installed / "lightning_sparse_mtl/conf"
     run_dir = elsewhere / "run"
@@ -212,7 +212,7 @@ def test_editable_install_reads_the_repo_conf(tmp_path: Path) -> None:
                              capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     Path(purelib, "shared_site.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # torch & co., no reinstall
     pip("install", "--no-build-isolation", "-e", str(src), python=python)
-    probe = "import lightning_sparse_mtl.runs.configs as c; print(c.CONFIG_DIR)"
+    probe = "import lightning_sparse_mtl.core.configs as c; print(c.CONFIG_DIR)"
     proc = run([python, "-c", probe], tmp_path, clean_env(None))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert Path(proc.stdout.strip()) == src / "conf"

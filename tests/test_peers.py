@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from lightning_sparse_mtl.core.errors import UserError
 from lightning_sparse_mtl.peers.oto import oto_refusal
 from lightning_sparse_mtl.peers.settings import PeerSettings
-from lightning_sparse_mtl.runs.errors import UserError
 from lightning_sparse_mtl.train import train
 from lightning_sparse_mtl.training.module import SparseMTLModule
 

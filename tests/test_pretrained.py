@@ -14,13 +14,13 @@ import timm
 import torch
 import torchvision
 
+from lightning_sparse_mtl.core.configs import plain_config
+from lightning_sparse_mtl.core.errors import UserError
 from lightning_sparse_mtl.models import pretrained
 from lightning_sparse_mtl.models.encoders import build_encoder
 from lightning_sparse_mtl.models.net import MultiTaskNet
 from lightning_sparse_mtl.mtl.tasks import build_tasks
 from lightning_sparse_mtl.runs.checkpoints import load_module
-from lightning_sparse_mtl.runs.configs import plain_config
-from lightning_sparse_mtl.runs.errors import UserError
 from lightning_sparse_mtl.training.module import SparseMTLModule
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -224,7 +224,7 @@ def test_bad_evaluate_option_is_one_line_error(
 
 def test_data_root_for_a_built_in_dataset_is_one_line_error(dense_run: Path, tmp_path: Path) -> None:
     """The digits dataset reads no folder: data_root is refused by name (it used to be a TypeError traceback)."""
-    from lightning_sparse_mtl.runs.errors import UserError
+    from lightning_sparse_mtl.core.errors import UserError
 
     with pytest.raises(UserError, match=r"dataset \(DigitScenes\) reads no data folder .* drop data_root"):
         evaluate(str(dense_run / "checkpoints" / "last.ckpt"), data_root=str(tmp_path))
@@ -235,8 +235,8 @@ def test_data_root_for_a_built_in_dataset_is_one_line_error(dense_run: Path, tmp
 
 def test_wrong_kind_of_model_file_is_named(tmp_path: Path) -> None:
     """A pruned model given to prune, an export given to evaluate: the message says what the file is."""
+    from lightning_sparse_mtl.core.errors import UserError
     from lightning_sparse_mtl.runs.checkpoints import PRUNED_FORMAT
-    from lightning_sparse_mtl.runs.errors import UserError
 
     pruned = tmp_path / "pruned.pt"
     torch.save({"format": PRUNED_FORMAT, "config": {}, "state_dict": {}}, pruned)

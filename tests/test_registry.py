@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from lightning_sparse_mtl.core.errors import UserError
 from lightning_sparse_mtl.models.heads import DENSE_HEADS, ConvHead
 from lightning_sparse_mtl.mtl.tasks import TASKS, build_task
 from lightning_sparse_mtl.mtl.weighting import WEIGHTINGS, DWAWeighting
 from lightning_sparse_mtl.registry import Registry
-from lightning_sparse_mtl.runs.errors import UserError
 
 
 def test_register_get_and_names() -> None:

@@ -15,8 +15,8 @@ import pytest
 import torch
 from conftest import ROOT, TINY
 
+from lightning_sparse_mtl.core.errors import NonFiniteLossError, UserError
 from lightning_sparse_mtl.mtl import tasks as tasks_module
-from lightning_sparse_mtl.runs.errors import NonFiniteLossError, UserError
 from lightning_sparse_mtl.sparsity import controller
 from lightning_sparse_mtl.train import train
 
@@ -237,7 +237,7 @@ def test_prune_output_elsewhere_leaves_the_run_untouched_and_figures_do_not_pile
 
 
 def test_sigint_names_the_checkpoint_to_resume_from(train_cfg, monkeypatch) -> None:
-    from lightning_sparse_mtl.runs.errors import Interrupted
+    from lightning_sparse_mtl.core.errors import Interrupted
     from lightning_sparse_mtl.training.module import SparseMTLModule
 
     real = SparseMTLModule.training_step

@@ -15,6 +15,9 @@ import pytest
 import torch
 from helpers.runs import SHORT, TINY, run_module
 
+from lightning_sparse_mtl.core.errors import UserError
+from lightning_sparse_mtl.core.safe_load import read_torch_file
+from lightning_sparse_mtl.core.stored_config import is_known_target, known_targets
 from lightning_sparse_mtl.models.pretrained import read_state_dict
 from lightning_sparse_mtl.reporting.channel_usage import kept_channels
 from lightning_sparse_mtl.runs.checkpoints import (
@@ -25,9 +28,6 @@ from lightning_sparse_mtl.runs.checkpoints import (
     load_pruned,
     save_pruned,
 )
-from lightning_sparse_mtl.runs.errors import UserError
-from lightning_sparse_mtl.runs.safe_load import read_torch_file
-from lightning_sparse_mtl.runs.stored_config import is_known_target, known_targets
 from lightning_sparse_mtl.runs.validate_train import validate_train_config
 
 

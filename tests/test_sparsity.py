@@ -9,7 +9,7 @@ import torch
 from helpers.references import reference_adam_prox
 from torch import nn
 
-from lightning_sparse_mtl.runs.errors import UserError
+from lightning_sparse_mtl.core.errors import UserError
 from lightning_sparse_mtl.sparsity.controller import GroupSparsity, validate_sparsity_weight
 from lightning_sparse_mtl.sparsity.groups import find_conv_groups, group_norms
 from lightning_sparse_mtl.sparsity.penalty import add_penalty_grad_, group_penalty

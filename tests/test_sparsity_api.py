@@ -10,7 +10,7 @@ import torch
 from helpers.references import reference_adam_prox
 from torch import nn
 
-from lightning_sparse_mtl.runs.errors import UserError
+from lightning_sparse_mtl.core.errors import UserError
 from lightning_sparse_mtl.sparsity import GroupSparsity
 from lightning_sparse_mtl.sparsity.prox import adam_soft_threshold_, channel_norms
 

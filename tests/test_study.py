@@ -13,8 +13,8 @@ import torch
 from helpers.runs import ROOT, assert_pdf, assert_png
 from hydra import compose, initialize_config_dir
 
+from lightning_sparse_mtl.core.configs import CONFIG_DIR
 from lightning_sparse_mtl.reporting.channel_usage import jaccard, kept_channels, overlap_table, plot_overlap
-from lightning_sparse_mtl.runs.configs import CONFIG_DIR
 
 
 def load_study():

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_sparse_mtl.runs.errors import UserError
+from lightning_sparse_mtl.core.errors import UserError
 from lightning_sparse_mtl.sparsity.controller import GroupSparsity
 from lightning_sparse_mtl.sparsity.groups import find_conv_groups
 from lightning_sparse_mtl.sparsity.target import (

@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from lightning_sparse_mtl.runs.configs import CONFIG_DIR
+from lightning_sparse_mtl.core.configs import CONFIG_DIR
 from lightning_sparse_mtl.train import train
 from lightning_sparse_mtl.training.module import SparseMTLModule
 

@@ -22,15 +22,15 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from PIL import Image
 
+from lightning_sparse_mtl.core.configs import CONFIG_DIR
+from lightning_sparse_mtl.core.errors import UserError
+from lightning_sparse_mtl.core.validate import check_writable_file, require_ckpt_path
 from lightning_sparse_mtl.data import digits
 from lightning_sparse_mtl.data.celeba import CelebAMaskHQ
 from lightning_sparse_mtl.data.cityscapes import Cityscapes
 from lightning_sparse_mtl.data.nyuv2 import NYUv2
 from lightning_sparse_mtl.reporting.aggregate import collect
-from lightning_sparse_mtl.runs.configs import CONFIG_DIR
 from lightning_sparse_mtl.runs.data_paths import measured_input_size, point_data_at
-from lightning_sparse_mtl.runs.errors import UserError
-from lightning_sparse_mtl.runs.validate import check_writable_file, require_ckpt_path
 from lightning_sparse_mtl.runs.validate_train import validate_train_config
 
 

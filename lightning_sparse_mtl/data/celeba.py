@@ -32,9 +32,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from lightning_sparse_mtl.core.errors import UserError
 from lightning_sparse_mtl.data.checks import check_image_headers
 from lightning_sparse_mtl.data.nyuv2 import check_split
-from lightning_sparse_mtl.runs.errors import UserError
 
 IMAGE_DIR, MASK_DIR, ATTR_FILE = "CelebA-HQ-img", "CelebAMask-HQ-mask-anno", "CelebAMask-HQ-attribute-anno.txt"
 PARTS = (

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_sparse_mtl.runs.errors import UserError
+from lightning_sparse_mtl.core.errors import UserError
 
 EXPECTED = {
     "image": ("(H, W, 3) RGB in [0, 1]", lambda s: len(s) == 3 and s[-1] == 3),

@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from lightning_sparse_mtl.core.errors import UserError
 from lightning_sparse_mtl.data.nyuv2 import NpyMultiTaskDataset
-from lightning_sparse_mtl.runs.errors import UserError
 
 LABEL_FOLDERS = {7: "label_7", 19: "label_19"}
 

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 SPLITS = ("train", "val", "test")
@@ -96,3 +97,12 @@ class MTLDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+def input_size_of(cfg: Mapping) -> tuple[int, int]:
+    """(H, W) of the model input of a (plain) train config: ``data.input_size`` if set, else the first test image's."""
+    size = cfg["data"].get("input_size")
+    if size:
+        return (int(size[0]), int(size[1]))
+    datamodule = instantiate(cfg["data"])
+    return tuple(datamodule.build("test")[0]["image"].shape[-2:])  # type: ignore[return-value]

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lightning_sparse_mtl.runs.atomic_io import atomic_write_bytes
+from lightning_sparse_mtl.core.atomic_io import atomic_write_bytes
 
 NUM_CLASSES = 11  # background + 10 digits
 SPLITS = ("train", "val", "test")

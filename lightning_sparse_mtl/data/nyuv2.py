@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lightning_sparse_mtl.core.errors import UserError
 from lightning_sparse_mtl.data.checks import check_npy_split
-from lightning_sparse_mtl.runs.errors import UserError
 
 SPLITS = ("train", "val", "test")
 NYU_NUM_CLASSES = 13

@@ -16,29 +16,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from rich.console import Console
 from rich.table import Table
 
+from lightning_sparse_mtl.core.errors import UserError
+from lightning_sparse_mtl.data.datamodule import input_size_of
 from lightning_sparse_mtl.deploy import export as ex
 from lightning_sparse_mtl.deploy.inference import compare, inference_form
 from lightning_sparse_mtl.deploy.measure import count_macs, count_params
 from lightning_sparse_mtl.deploy.profile import print_profile, profile_report
+from lightning_sparse_mtl.deploy.pruned_file import save_pruned
 from lightning_sparse_mtl.deploy.speed import eager_runner, onnx_runner, speed_table
-from lightning_sparse_mtl.runs.checkpoints import save_pruned
-from lightning_sparse_mtl.runs.errors import UserError
 from lightning_sparse_mtl.sparsity.pruning import prune_zero_channels
 
 ATOL = 1e-4
-
-
-def input_size_of(cfg: dict) -> tuple[int, int]:
-    """(H, W) of the model input: ``data.input_size`` if set, else the first test image's size."""
-    size = cfg["data"].get("input_size")
-    if size:
-        return (int(size[0]), int(size[1]))
-    datamodule = instantiate(cfg["data"])
-    return tuple(datamodule.build("test")[0]["image"].shape[-2:])  # type: ignore[return-value]
 
 
 def prune_copy(dense: torch.nn.Module, size: tuple[int, int], round_to: int = 1):

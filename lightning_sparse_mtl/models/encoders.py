@@ -15,8 +15,8 @@ from segmentation_models_pytorch.encoders import encoders as SMP_ENCODERS
 from segmentation_models_pytorch.encoders import get_encoder
 from torch import nn
 
+from lightning_sparse_mtl.core.errors import UserError
 from lightning_sparse_mtl.models.pretrained import load_pretrained
-from lightning_sparse_mtl.runs.errors import UserError
 
 OUTPUT_STRIDES = (8, 16, 32)
 TIMM_PREFIX = "tu-"

@@ -19,8 +19,8 @@ import torch
 from segmentation_models_pytorch.encoders import encoders as SMP_ENCODERS
 from torch import nn
 
-from lightning_sparse_mtl.runs.errors import UserError
-from lightning_sparse_mtl.runs.safe_load import UnsafeFileError, read_torch_file
+from lightning_sparse_mtl.core.errors import UserError
+from lightning_sparse_mtl.core.safe_load import UnsafeFileError, read_torch_file
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning_sparse_mtl.core.errors import UserError
 from lightning_sparse_mtl.mtl.tasks import TaskSpec
-from lightning_sparse_mtl.runs.errors import UserError
 
 
 def is_metric_key(key: str) -> bool:

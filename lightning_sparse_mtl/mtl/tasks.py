@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
+from lightning_sparse_mtl.core.errors import UserError, unknown_name
 from lightning_sparse_mtl.mtl.metrics import BinaryAttributeMetrics, DepthMetrics, NormalMetrics, SegmentationMetrics
 from lightning_sparse_mtl.registry import Registry
-from lightning_sparse_mtl.runs.errors import UserError, unknown_name
 
 IGNORE_INDEX = -1
 

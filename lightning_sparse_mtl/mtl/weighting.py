@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from lightning_sparse_mtl.core.errors import UserError
 from lightning_sparse_mtl.registry import Registry
-from lightning_sparse_mtl.runs.errors import UserError
 
 WEIGHTINGS: Registry[type[nn.Module]] = Registry("weighting")
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_sparse_mtl.runs.errors import UserError
+from lightning_sparse_mtl.core.errors import UserError
 
 OTO_VERSION = "3.0.1"
 

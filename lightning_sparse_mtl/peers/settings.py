@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from lightning_sparse_mtl.runs.errors import UserError, unknown_name
+from lightning_sparse_mtl.core.errors import UserError, unknown_name
+from lightning_sparse_mtl.peers.oto import check_oto_available
 
 GROUP_LASSO = ("group_lasso", "group_lasso_coupled")
 PEERS = ("tp_magnitude", "tp_group_norm", "oto_hesso")
@@ -91,8 +92,6 @@ def peer_settings(method: Mapping | None, sparsity: dict, sparsity_weight: float
             raise UserError(f"method={name} takes no options (got {sorted(options)}); set sparsity.* instead")
         return None
     if name == "oto_hesso":
-        from lightning_sparse_mtl.peers.oto import check_oto_available
-
         check_oto_available()
         raise UserError("method=oto_hesso: only-train-once imports here, but its HESSO arm is not wired into the "
                         "trainer yet (issue 25)")  # fmt: skip

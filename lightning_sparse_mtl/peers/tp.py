@@ -18,13 +18,13 @@ import lightning as L
 import torch
 import torch_pruning as tp
 
-from lightning_sparse_mtl.deploy.compact import input_size_of
+from lightning_sparse_mtl.core.errors import UserError
+from lightning_sparse_mtl.data.datamodule import input_size_of
 from lightning_sparse_mtl.deploy.measure import count_macs
 from lightning_sparse_mtl.models.net import MultiTaskNet
 from lightning_sparse_mtl.mtl.tasks import build_tasks
 from lightning_sparse_mtl.peers.densify import KeptChannels, dense_form
 from lightning_sparse_mtl.peers.settings import PeerSettings
-from lightning_sparse_mtl.runs.errors import UserError
 
 SLACK = 0.003  # a pruning step stops within this MACs fraction above its goal (the study's tolerance is 0.02)
 

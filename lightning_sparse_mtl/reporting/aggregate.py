@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lightning_sparse_mtl.core.atomic_io import atomic_write_text
+from lightning_sparse_mtl.core.errors import UserError, exit_on_user_error
+from lightning_sparse_mtl.core.validate import check_results_shape, check_writable_dir
 from lightning_sparse_mtl.mtl.delta_m import is_metric_key
 from lightning_sparse_mtl.reporting.configurations import assign_configurations, read_overrides, setting
 from lightning_sparse_mtl.reporting.plots import make_plots, short_labels
 from lightning_sparse_mtl.reporting.summary import add_delta_m, load_stl_baselines, summarise
 from lightning_sparse_mtl.reporting.summary_tables import summary_markdown
-from lightning_sparse_mtl.runs.atomic_io import atomic_write_text
-from lightning_sparse_mtl.runs.errors import UserError, exit_on_user_error
-from lightning_sparse_mtl.runs.validate import check_results_shape, check_writable_dir
 
 RESULTS = "results.json"
 SKIP_DIRS = {"wandb", "checkpoints", "csv", "predictions", "__pycache__"}

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lightning_sparse_mtl.runs.safe_load import read_torch_file
+from lightning_sparse_mtl.core.safe_load import read_torch_file
 from lightning_sparse_mtl.sparsity.groups import group_norms
 
 Masks = dict[str, np.ndarray]  # layer name -> (I,) bool kept input channels

@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from lightning_sparse_mtl.reporting.media import (
+from lightning_sparse_mtl.reporting.colorize import (
     depth_range,
     image_to_rgb,
     label_colors,

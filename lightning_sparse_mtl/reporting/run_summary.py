@@ -5,7 +5,7 @@ written and the next commands. Plain text, at most :data:`MAX_LINES` lines, buil
 dict alone (no model, no config object), so it can be printed again for any finished run::
 
     from lightning_sparse_mtl.reporting.run_summary import summary_text
-    from lightning_sparse_mtl.runs.results import read_results
+    from lightning_sparse_mtl.core.results import read_results
 
     print(summary_text(read_results("outputs/<date>/<time>/results.json")))
 """

@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from lightning_sparse_mtl.core.errors import UserError
 from lightning_sparse_mtl.mtl.delta_m import delta_m, is_metric_key
 from lightning_sparse_mtl.reporting.metric_info import higher_is_better
-from lightning_sparse_mtl.runs.errors import UserError
 
 CI_LEVEL = 0.95
 

@@ -26,9 +26,9 @@ from hydra.types import RunMode
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from lightning_sparse_mtl.core.configs import plain_config
+from lightning_sparse_mtl.core.errors import UserError
 from lightning_sparse_mtl.mtl.tasks import build_task
-from lightning_sparse_mtl.runs.configs import plain_config
-from lightning_sparse_mtl.runs.errors import UserError
 
 MAX_NAME_LEN = 128  # W&B limit for group / run names
 NAME_EXCLUDE = ("logger", "callbacks", "trainer.enable_progress_bar", "hydra.")  # not part of a run's name

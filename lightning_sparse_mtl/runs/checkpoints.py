@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 from pathlib import Path
@@ -10,19 +9,20 @@ from typing import Any
 
 import torch
 
-from lightning_sparse_mtl.deploy.architecture import apply_architecture, architecture_of
-from lightning_sparse_mtl.runs.atomic_io import atomic_write_bytes
-from lightning_sparse_mtl.runs.errors import UserError
-from lightning_sparse_mtl.runs.results import to_jsonable
-from lightning_sparse_mtl.runs.safe_load import read_torch_file
-from lightning_sparse_mtl.runs.stored_config import check_stored_config
-
-PRUNED_FORMAT = "lightning_sparse_mtl.pruned/2"
-LEGACY_PRUNED_FORMAT = "lightning_sparse_mtl.pruned/1"  # whole pickled module (before the state-dict format)
+from lightning_sparse_mtl.core.errors import UserError
+from lightning_sparse_mtl.core.safe_load import read_torch_file
+from lightning_sparse_mtl.core.stored_config import check_stored_config
+from lightning_sparse_mtl.deploy.architecture import apply_architecture
+from lightning_sparse_mtl.deploy.pruned_file import (  # noqa: F401 - save_pruned: re-exported (moved to deploy)
+    LEGACY_PRUNED_FORMAT,
+    PRUNED_FORMAT,
+    is_pruned_file,
+    save_pruned,
+)
 
 
 def _torch_load(path: str | os.PathLike, trust: bool = False) -> Any:
-    """A checkpoint read as data (``runs.safe_load``); ``trust`` allows a full unpickle."""
+    """A checkpoint read as data (``core.safe_load``); ``trust`` allows a full unpickle."""
     return read_torch_file(_model_file(path), trust=trust)
 
 
@@ -36,10 +36,6 @@ def _model_file(path: str | os.PathLike) -> Path:
         raise UserError(f"{path} is a deployment export (load it with {loaders[path.suffix]}); pass the training "
                         "checkpoint <run>/checkpoints/last.ckpt or the pruned model <run>/pruned.pt")  # fmt: skip
     return path
-
-
-def is_pruned_file(obj: Any) -> bool:
-    return isinstance(obj, dict) and obj.get("format") in (PRUNED_FORMAT, LEGACY_PRUNED_FORMAT)
 
 
 def load_module(path: str | os.PathLike, trust: bool = False):
@@ -99,25 +95,12 @@ def check_resume(module: torch.nn.Module, path: str | os.PathLike, trust: bool =
     return {"epoch": int(ckpt.get("epoch", 0)), "global_step": int(ckpt.get("global_step", 0))}
 
 
-def save_pruned(path: str | os.PathLike, net: torch.nn.Module, cfg: dict, report: dict) -> Path:
-    """Save the compact model atomically as plain data (loads with ``torch.load(path, weights_only=True)``).
-
-    ``{"format", "config", "architecture" (layer sizes, see deploy.architecture), "state_dict", "report"}``:
-    no pickled classes, so the file survives refactors of this package; :func:`load_pruned` rebuilds the net.
-    """
-    buffer = io.BytesIO()
-    state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-    obj = {"format": PRUNED_FORMAT, "config": cfg, "architecture": architecture_of(net), "state_dict": state,
-           "report": to_jsonable(report)}  # fmt: skip
-    torch.save(obj, buffer)
-    return atomic_write_bytes(path, buffer.getvalue())
-
-
 # Modules moved by the layout refactor: whole-module pruned files (format /1) pickled these paths.
 _MOVED = {f"lightning_sparse_mtl.{old}": f"lightning_sparse_mtl.{new}" for old, new in (
     ("tasks", "mtl.tasks"), ("metrics", "mtl.metrics"), ("delta_m", "mtl.delta_m"), ("weighting", "mtl.weighting"),
-    ("checkpoints", "runs.checkpoints"), ("errors", "runs.errors"), ("provenance", "runs.provenance"),
-    ("results", "runs.results"), ("callbacks", "training.callbacks"), ("module", "training.module"),
+    ("checkpoints", "runs.checkpoints"), ("errors", "core.errors"), ("provenance", "core.provenance"),
+    ("results", "core.results"), ("runs.errors", "core.errors"), ("runs.provenance", "core.provenance"),
+    ("runs.results", "core.results"), ("callbacks", "training.callbacks"), ("module", "training.module"),
     ("media", "reporting.media"), ("report_plots", "reporting.plots"), ("wandb_utils", "reporting.wandb_log"),
     ("sparsity.measure", "deploy.measure"),
 )}  # fmt: skip
@@ -144,7 +127,7 @@ def _pruned_from(obj: dict, path: str | os.PathLike, trust: bool = False) -> dic
     check_stored_config(obj.get("config"), path, trust)
     if obj.get("format") == LEGACY_PRUNED_FORMAT:
         return {"model": obj["model"].eval(), "config": obj["config"], "report": obj["report"]}
-    from lightning_sparse_mtl.training.module import build_net
+    from lightning_sparse_mtl.models.build import build_net  # once the file is known good: smp/timm are seconds
 
     cfg = obj.get("config")
     if not isinstance(cfg, dict):

@@ -19,7 +19,7 @@ import hydra
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from lightning_sparse_mtl.runs.config_dir import CONFIG_DIR
+from lightning_sparse_mtl.core.config_dir import CONFIG_DIR
 
 _STATE = {"task_started": False}
 _NOISE = re.compile(r"^\s*(\^+|full_key:|object_type=|reference_type=|See https://hydra\.cc|Set the environment)")

@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-from lightning_sparse_mtl.runs.atomic_io import atomic_write_text
+from lightning_sparse_mtl.core.atomic_io import atomic_write_text
 
 
 def _keep(row: dict[str, str], epoch: int, global_step: int) -> bool:

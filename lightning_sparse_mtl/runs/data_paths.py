@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from lightning_sparse_mtl.runs.errors import UserError
-from lightning_sparse_mtl.runs.validate import check_folder
+from lightning_sparse_mtl.core.errors import UserError
+from lightning_sparse_mtl.core.validate import check_folder
 
 
 def point_data_at(cfg: dict, data_root: str | None = None) -> dict:
@@ -24,7 +24,7 @@ def point_data_at(cfg: dict, data_root: str | None = None) -> dict:
 
 def measured_input_size(cfg: dict, command: str) -> list[int]:
     """(H, W) the model is measured at: ``data.input_size``, else one test image (a one-line hint when it is gone)."""
-    from lightning_sparse_mtl.deploy.compact import input_size_of
+    from lightning_sparse_mtl.data.datamodule import input_size_of  # late: the prune command starts fast
 
     try:
         return list(input_size_of(cfg))

@@ -7,9 +7,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from lightning_sparse_mtl.runs.errors import UserError
-from lightning_sparse_mtl.runs.safe_load import read_torch_file
-from lightning_sparse_mtl.runs.validate import get, normalize_tasks
+from lightning_sparse_mtl.core.errors import UserError
+from lightning_sparse_mtl.core.safe_load import read_torch_file
+from lightning_sparse_mtl.core.validate import get, normalize_tasks
 
 # What a resume must not change (the trainer, the data loader, the scheduler's length may change).
 RESUME_KEYS = ("lambda", "tasks", "task_weights", "model", "sparsity", "weighting", "optimizer")

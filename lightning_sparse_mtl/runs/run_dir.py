@@ -19,8 +19,8 @@ from typing import Any
 
 from omegaconf import OmegaConf, read_write
 
-from lightning_sparse_mtl.runs.errors import UserError
-from lightning_sparse_mtl.runs.validate import check_writable_dir
+from lightning_sparse_mtl.core.errors import UserError
+from lightning_sparse_mtl.core.validate import check_writable_dir
 
 LOCK_NAME = ".lsmtl.lock"
 _HELD: dict[Path, int] = {}  # resolved run dir -> open lock fd of this process

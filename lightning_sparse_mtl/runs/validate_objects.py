@@ -7,8 +7,8 @@ import inspect
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from lightning_sparse_mtl.runs.errors import UserError
-from lightning_sparse_mtl.runs.validate import locate_class
+from lightning_sparse_mtl.core.errors import UserError
+from lightning_sparse_mtl.core.validate import locate_class
 
 HYDRA_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
 

@@ -30,8 +30,8 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from lightning_sparse_mtl.core.errors import NonFiniteLossError, UserError, unknown_name
 from lightning_sparse_mtl.registry import Registry
-from lightning_sparse_mtl.runs.errors import NonFiniteLossError, UserError, unknown_name
 from lightning_sparse_mtl.sparsity.coupled import CoupledGroup, find_coupled_groups
 from lightning_sparse_mtl.sparsity.coupled_prox import (
     coupled_adam_soft_threshold_,

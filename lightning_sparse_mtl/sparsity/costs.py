@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from torch_pruning import ops
 
+from lightning_sparse_mtl.core.errors import unknown_name
 from lightning_sparse_mtl.deploy.measure import _call
-from lightning_sparse_mtl.runs.errors import unknown_name
 from lightning_sparse_mtl.sparsity.channel_ops import is_depthwise, read_mask
 from lightning_sparse_mtl.sparsity.coupled import CoupledGroup
 from lightning_sparse_mtl.sparsity.groups import ConvGroup

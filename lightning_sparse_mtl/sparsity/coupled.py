@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch_pruning import ops
 
-from lightning_sparse_mtl.runs.errors import UserError
+from lightning_sparse_mtl.core.errors import UserError
 from lightning_sparse_mtl.sparsity.channel_ops import is_depthwise, read_mask
 from lightning_sparse_mtl.sparsity.pruning import _group_keep_mask, build_graph
 

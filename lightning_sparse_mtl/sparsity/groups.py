@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_sparse_mtl.runs.errors import UserError
+from lightning_sparse_mtl.core.errors import UserError
 
 PROBE_SHAPE = (1, 3, 32, 32)
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from lightning_sparse_mtl.runs.errors import UserError
+from lightning_sparse_mtl.core.errors import UserError
 from lightning_sparse_mtl.sparsity.coupled_prox import norms_of
 
 SCHEDULES = ("cubic", "linear")

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from lightning_sparse_mtl.runs.atomic_io import atomic_write_bytes
+from lightning_sparse_mtl.core.atomic_io import atomic_write_bytes
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -14,24 +14,21 @@ from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig
 from torch import nn
 
-from lightning_sparse_mtl.models.net import MultiTaskNet
-from lightning_sparse_mtl.mtl.tasks import build_tasks
+from lightning_sparse_mtl.core.configs import MODULE_KEYS, plain_config
+from lightning_sparse_mtl.core.errors import NonFiniteLossError, unknown_name
+from lightning_sparse_mtl.core.optim_checks import check_optimizer_objects
+from lightning_sparse_mtl.data.datamodule import input_size_of
+from lightning_sparse_mtl.models.build import build_net
 from lightning_sparse_mtl.mtl.weighting import build_weighting
 from lightning_sparse_mtl.peers import method_name, peer_settings
-from lightning_sparse_mtl.runs.configs import MODULE_KEYS, plain_config
-from lightning_sparse_mtl.runs.errors import NonFiniteLossError, unknown_name
+from lightning_sparse_mtl.peers.tp import TorchPruningCallback
 from lightning_sparse_mtl.sparsity.controller import GroupSparsity, validate_sparsity_weight
 from lightning_sparse_mtl.sparsity.costs import GROUP_WEIGHTS, MacsMeter, group_weights
 from lightning_sparse_mtl.sparsity.target import TargetSparsity, build_target, target_settings
+from lightning_sparse_mtl.training.callbacks import SparsityLogger
 
 STAGES = ("val", "test")
-
-
-def build_net(cfg: Mapping) -> MultiTaskNet:
-    """The MultiTaskNet described by a (plain) train config."""
-    data = cfg["data"]
-    tasks = build_tasks(cfg["tasks"], data.get("num_classes"), data.get("attributes") or ())
-    return MultiTaskNet(tasks, **cfg["model"])
+__all__ = ["STAGES", "SparseMTLModule", "build_net"]  # build_net: moved to models.build, still importable here
 
 
 class SparseMTLModule(L.LightningModule):
@@ -66,8 +63,6 @@ class SparseMTLModule(L.LightningModule):
         start = self.target_settings["initial"] if self.target_settings else self.sparsity_weight
         # the whole method runs inside optimizer.step(): attached in configure_optimizers
         if sp.get("groups", "input") == "coupled":  # channel spaces of the whole net (heads may join), traced once
-            from lightning_sparse_mtl.deploy.compact import input_size_of
-
             example = torch.rand(1, 3, *input_size_of(cfg))
             self.sparsity = GroupSparsity.from_module(
                 self.net, start, prefix="net.", example_inputs=example, shared=target, **sp
@@ -155,8 +150,6 @@ class SparseMTLModule(L.LightningModule):
         self._log_metrics("test")
 
     def configure_optimizers(self) -> Any:
-        from lightning_sparse_mtl.runs.validate_train import check_optimizer_objects
-
         check_optimizer_objects(self.cfg)  # cfg may come from a file (load_from_checkpoint): torch classes only
         optimizer = instantiate(self.cfg["optimizer"], params=self.parameters())
         if self.sparsity.active:
@@ -173,8 +166,6 @@ class SparseMTLModule(L.LightningModule):
     def on_fit_start(self) -> None:
         """Group weights (``sparsity.group_weight``) and the target controller, attached after the prox hook."""
         if self.group_weight_kind != "sqrt_size" or self.target_settings:
-            from lightning_sparse_mtl.deploy.compact import input_size_of
-
             example = torch.rand(1, 3, *input_size_of(self.cfg), device=self.device)
         if self.group_weight_kind != "sqrt_size":
             weights = group_weights(self.group_weight_kind, self.sparsity.groups, self.net, example)
@@ -229,12 +220,8 @@ class SparseMTLModule(L.LightningModule):
             random.setstate(states["python"])
 
     def configure_callbacks(self) -> list[L.Callback]:
-        from lightning_sparse_mtl.training.callbacks import SparsityLogger
-
         if self.peer is None:
             return [SparsityLogger()]
-        from lightning_sparse_mtl.peers.tp import TorchPruningCallback
-
         if getattr(self, "peer_callback", None) is None:  # one for fit and test: train.py reads it after both
             self.peer_callback = TorchPruningCallback(self.peer)
         return [SparsityLogger(), self.peer_callback]

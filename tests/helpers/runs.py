@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_sparse_mtl.runs.configs import CONFIG_DIR
+from lightning_sparse_mtl.core.configs import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTS = ROOT / "tests"
