@@ -125,7 +125,8 @@ def test_auto_compile_runs_the_kernel_from_the_first_steps(monkeypatch) -> None:
 
 def test_subnormal_results_are_flushed_to_zero_in_every_path() -> None:
     """Bug: coordinates with no gradient (v = 0) shrank into the subnormal range and stayed there once the
-    learning rate decayed; 146k such weights made CPU training steps 28% and eval 2x slower (README)."""
+    learning rate decayed; 146k such weights made CPU training steps 28% and eval 2x slower (docs/method.md,
+    "The objective and where it runs")."""
     torch.manual_seed(4)
     w, v = torch.randn(8, 4, 3, 3), torch.rand(8, 4, 3, 3)
     w[:3] *= 1e-35  # rows nothing reads any more: no gradient, v = 0, tiny values

@@ -10,7 +10,7 @@ solved by proximal gradient: the optimizer's step on the loss, then the prox of 
 (``prox="adam"``: in Adam's metric, Deleu & Bengio 2021; ``"plain"``: Euclidean soft-threshold). With
 ``penalty_grad=True`` lambda * dOmega/dW is also added to the gradient before the step (the seed's recipe,
 ``sparsity=paper``): with the Adam prox that counts the penalty twice (fixed point of about 2*lambda) and
-inflates Adam's second moment (README, "What lambda means").
+inflates Adam's second moment (docs/method.md, "What λ means (measured)").
 
 Before every step (pre-hook): the gradients of frozen groups are zeroed, the penalty gradient is added (if
 used; multiplied by the loss scale when a GradScaler hands a fused optimizer still-scaled gradients). After
