@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_sparse_mtl.runs.configs import CONFIG_DIR
+from lightning_sparse_mtl.core.configs import CONFIG_DIR
 from lightning_sparse_mtl.training.module import SparseMTLModule
 
 

@@ -53,7 +53,7 @@ def preset_lambda() -> str:
     """The sparse λ of the ``digits_study`` preset (the ``digits_sparse`` recipe's)."""
     from hydra import compose, initialize_config_dir
 
-    from lightning_sparse_mtl.runs.configs import CONFIG_DIR
+    from lightning_sparse_mtl.core.configs import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return f"{compose('train', overrides=['experiment=digits_study'])['lambda']:g}"

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from lightning_sparse_mtl.runs.configs import CONFIG_DIR
+    from lightning_sparse_mtl.core.configs import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         composed = compose("train", overrides=["experiment=digits_sparse"])

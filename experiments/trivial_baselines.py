@@ -14,9 +14,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
+from lightning_sparse_mtl.core.configs import CONFIG_DIR
+from lightning_sparse_mtl.core.results import print_results
 from lightning_sparse_mtl.mtl.metrics import DepthMetrics, NormalMetrics, SegmentationMetrics
-from lightning_sparse_mtl.runs.configs import CONFIG_DIR
-from lightning_sparse_mtl.runs.results import print_results
 
 
 def trivial_metrics(datamodule, num_classes: int) -> dict[str, float]:
