@@ -241,6 +241,26 @@ def test_resume_that_would_lie_is_refused_before_anything_is_written(overrides, 
     assert snapshot(run_dir) == before
 
 
+def test_a_run_stopped_after_its_last_step_is_finished_by_resuming_it_in_place(dense_results, tmp_path) -> None:
+    """All epochs trained but no results.json (killed during test, prune or export): resuming in its own dir, as the
+    interrupted message says, takes no step, tests and writes results.json; the checkpoints stay byte for byte."""
+    import shutil
+
+    from conftest import compose_train_cfg
+
+    from lightning_sparse_mtl.train import train
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(Path(dense_results["run_dir"]), run_dir)
+    (run_dir / "results.json").unlink()
+    ckpt = next(p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("epoch"))
+    before = snapshot(run_dir / "checkpoints")
+    results = train(compose_train_cfg(run_dir, ["sparsity=none", "lambda=1e-3", *SHORT, f"ckpt_path={ckpt}"]))
+    assert json.loads((run_dir / "results.json").read_text())["test/seg/miou"] == results["test/seg/miou"]
+    assert results["test/seg/miou"] == pytest.approx(dense_results["test/seg/miou"], abs=1e-6)  # the same weights
+    assert snapshot(run_dir / "checkpoints") == before
+
+
 @pytest.mark.slow  # two real training processes (~26 s): in `make test-slow`, which CI runs too
 def test_cli_resume_keeps_the_runs_own_hydra_config(tmp_path: Path) -> None:
     """A resume (refused late or done) writes its config beside, never over, the run's .hydra/ files."""

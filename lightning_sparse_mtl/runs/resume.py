@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from lightning_sparse_mtl.core.errors import UserError
@@ -43,9 +44,21 @@ def epochs_done(ckpt: Mapping) -> int:
         return int(ckpt.get("epoch", -1)) + 1
 
 
-def check_resume_config(cfg: Any, ckpt_path: str | os.PathLike, trust: bool = False) -> None:
+def finishes_own_run(ckpt_path: str | os.PathLike, run_dir: str | os.PathLike | None) -> bool:
+    """True when ``ckpt_path`` lies in ``<run_dir>/checkpoints/`` and that run has no ``results.json``: a run
+    stopped after its last training step (during test, prune or export) is finished by resuming it there."""
+    if run_dir is None:
+        return False
+    run = Path(run_dir).resolve()
+    return Path(ckpt_path).resolve().parent == run / "checkpoints" and not (run / "results.json").exists()
+
+
+def check_resume_config(
+    cfg: Any, ckpt_path: str | os.PathLike, trust: bool = False, run_dir: str | os.PathLike | None = None
+) -> None:
     """Refuse (one line) a resume whose config differs from the checkpoint's in :data:`RESUME_KEYS`, or that
-    would take no step (``trainer.max_epochs`` / ``max_steps`` already reached)."""
+    would take no step (``trainer.max_epochs`` / ``max_steps`` already reached) — unless it finishes its own
+    interrupted run (:func:`finishes_own_run`: no step, then test, prune and ``results.json``)."""
     ckpt = read_torch_file(ckpt_path, trust=trust)
     stored = ckpt.get("hyper_parameters", {}).get("cfg") if isinstance(ckpt, Mapping) else None
     if not isinstance(stored, Mapping) or "state_dict" not in ckpt:
@@ -63,6 +76,8 @@ def check_resume_config(cfg: Any, ckpt_path: str | os.PathLike, trust: bool = Fa
             raise UserError(f"{ckpt_path} was trained with a different {kind} config ({where}={was!r} there, "
                             f"{asked!r} here); resume with the original run's overrides (its "
                             ".hydra/overrides.yaml; trainer.max_epochs may grow), or start a new run")  # fmt: skip
+    if finishes_own_run(ckpt_path, run_dir):
+        return
     done, step = epochs_done(ckpt), int(ckpt.get("global_step", 0))
     max_epochs, max_steps = get(cfg, "trainer.max_epochs"), get(cfg, "trainer.max_steps", -1)
     if isinstance(max_steps, int) and max_steps > 0 and step >= max_steps:

@@ -111,7 +111,7 @@ def guard_run_dir(run_dir: str | os.PathLike, ckpt_path: str | None, cfg: Any = 
     if cfg is not None and ckpt_path:
         from lightning_sparse_mtl.runs.resume import check_resume_config
 
-        check_resume_config(cfg, ckpt_path, bool(OmegaConf.select(cfg, "trust_checkpoint", default=False)))
+        check_resume_config(cfg, ckpt_path, bool(OmegaConf.select(cfg, "trust_checkpoint", default=False)), run_dir)
     already = holds(run_dir)
     path = claim_run_dir(run_dir)
     try:
