@@ -26,6 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -110,12 +111,16 @@ def run_job(
     cmd = [sys.executable, "-m", "lightning_sparse_mtl.train", f"experiment={experiment}", *extra, *overrides,
            f"hydra.run.dir={run_dir}"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-    with maybe_lock(lock):
+    # the job's output goes to a file, not a pipe, in its own session: a driver killed mid-job leaves the job to
+    # finish (a pipe would break its last prints and fail it after training)
+    with maybe_lock(lock), tempfile.NamedTemporaryFile("w+", prefix=f"lsmtl-{run_dir.name}-", suffix=".log") as log:
         start = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        code = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"job {run_dir.name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        log.seek(0)
+        tail = log.read()[-3000:]
+    if code.returncode != 0:
+        raise RuntimeError(f"job {run_dir.name} failed ({code.returncode}):\n{tail}")
     return wall
 
 
