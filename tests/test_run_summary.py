@@ -93,6 +93,17 @@ def test_fixed_lambda_run_sweeps_lambda(tmp_path) -> None:
     assert "λ 2e-05" in text and "train -m experiment=digits_sparse lambda=1e-5,2e-5,4e-5 seed=0,1,2" in text
 
 
+def test_the_suggested_sweep_of_a_resumed_run_starts_new_runs(tmp_path) -> None:
+    """A resumed run's overrides carry its checkpoint and run dir: the sweep it suggests must not (bug fix)."""
+    results = {**fake_results(tmp_path / "run"), "lambda": 2e-5}
+    del results["sparsity/target"]
+    overrides = ["experiment=digits_sparse", "lambda=2e-5", "hydra.run.dir=/r", "ckpt_path=/r/checkpoints/last.ckpt",
+                 "trust_checkpoint=false", "hydra.job.chdir=false"]  # fmt: skip
+    text = summary_text(results, overrides)
+    assert "train -m experiment=digits_sparse lambda=1e-5,2e-5,4e-5 seed=0,1,2" in text
+    assert "/r/" not in text.split("sweep:")[1].splitlines()[0] and "trust_checkpoint" not in text
+
+
 def test_quickstart_preset_is_the_default_job_with_a_macs_target() -> None:
     default, quick = compose_with(), compose_with("experiment=quickstart")
     assert quick.sparsity.target_macs == 0.4 and quick["lambda"] == 0.0 and quick.sparsity.prox == "adam"

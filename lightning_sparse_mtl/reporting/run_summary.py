@@ -133,7 +133,8 @@ def next_lines(
     ckpt = _path(results.get("ckpt_path") or Path(run_dir or "<run>") / "checkpoints/last.ckpt", cwd)
     target = results.get("sparsity/target")
     key, values = SWEEPS.get(target.get("kind"), LAMBDA_SWEEP) if isinstance(target, Mapping) else LAMBDA_SWEEP
-    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in (key, "seed", "hydra.run.dir")]
+    own = (key, "seed", "ckpt_path", "trust_checkpoint")  # a sweep starts new runs: no resume, no run dir of this one
+    kept = [o for o in overrides if (k := o.split("=", 1)[0].lstrip("+~")) not in own and not k.startswith("hydra.")]
     sweep = " ".join(
         ["python -m lightning_sparse_mtl.train -m", *map(shlex.quote, kept), f"{key}={values}", "seed=0,1,2"]
     )
