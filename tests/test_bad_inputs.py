@@ -387,3 +387,35 @@ def test_bad_file_found_in_a_dataloader_worker_is_one_line(capsys) -> None:
     err = capsys.readouterr().err
     assert exit_.value.code == 2
     assert err == "error: cannot read image val/0.jpg: truncated; expected a readable .jpg file\n"
+
+
+@pytest.mark.parametrize("before", ["absent", "empty", "holds a file"])
+def test_a_run_refused_after_its_run_dir_was_claimed_leaves_nothing(before: str, tmp_path: Path) -> None:
+    """Refusals that need the data (batch counts, bad files) come after Hydra made the run dir and wrote .hydra/,
+    the log and the lock: the run dir goes again when it was made for this run (with the parents made with it) and
+    is emptied again when it was empty; a folder that held files is left as it is (Hydra's files included)."""
+    from conftest import compose_train_cfg
+
+    from lightning_sparse_mtl.train import train
+
+    parent = tmp_path / "outputs" / "day"
+    run_dir = parent / "run"
+    if before != "absent":
+        run_dir.mkdir(parents=True)
+    if before == "holds a file":
+        (run_dir / "notes.txt").write_text("mine")
+    cfg = compose_train_cfg(run_dir, ["trainer.val_check_interval=10"])
+    OmegaConf.set_readonly(cfg.hydra, False)
+    with open_dict(cfg):
+        cfg.hydra.run.dir = str(run_dir)
+    RunGuard().on_run_start(cfg)  # checks the config, claims (makes) the run dir
+    (run_dir / ".hydra").mkdir()  # what Hydra writes next
+    (run_dir / "train.log").write_text("log")
+    with pytest.raises(UserError, match="trainer.val_check_interval=10 is more than the 4 train batches"):
+        train(cfg)
+    if before == "absent":
+        assert not (tmp_path / "outputs").exists()
+    elif before == "empty":
+        assert list(run_dir.iterdir()) == []
+    else:
+        assert (run_dir / "notes.txt").read_text() == "mine" and (run_dir / "train.log").exists()
