@@ -161,6 +161,25 @@ def test_checkpoint_whose_config_is_not_a_model_of_this_package(dense_results: d
         evaluate(str(path))
 
 
+@pytest.mark.parametrize("entry", ["prune", "evaluate"])
+def test_checkpoint_whose_config_belongs_to_another_model(entry: str, dense_results: dict, tmp_path: Path) -> None:
+    """A config of this package that does not fit the weights (edited, or from another run): one line saying which
+    tensor differs and how (it was Lightning's multi-line load_state_dict report, cut to its first line)."""
+    import importlib
+
+    ckpt = torch.load(dense_results["ckpt_path"], weights_only=True)
+    ckpt["hyper_parameters"]["cfg"]["model"]["head_channels"] = 32  # the run's heads have 16
+    torch.save(ckpt, tmp_path / "edited.ckpt")
+    run = getattr(importlib.import_module(f"lightning_sparse_mtl.{entry}"), f"{entry}_checkpoint" if entry ==
+                  "prune" else "evaluate")  # fmt: skip
+    with pytest.raises(UserError) as err:
+        run(str(tmp_path / "edited.ckpt"))
+    assert re.search(r"edited\.ckpt does not match the model its config describes \(\d+ tensors differ, e\.g\. "
+                     r"net\.heads\.\w+\.block\.0\.weight: \[16, \d+, 3, 3\] in the file, \[32, \d+, 3, 3\] in the "
+                     r"model\): its config was edited", str(err.value)), str(err.value)  # fmt: skip
+    assert "\n" not in str(err.value) and sorted(p.name for p in tmp_path.iterdir()) == ["edited.ckpt"]
+
+
 def small_net() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
 
