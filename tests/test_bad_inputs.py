@@ -217,6 +217,19 @@ def test_config_that_does_not_compose_is_one_line(entry: str, override: str, mes
     assert "Traceback" not in proc.stderr and "HYDRA_FULL_ERROR" not in proc.stderr and not run_dir.exists()
 
 
+@pytest.mark.parametrize("override", ["tasks=[ség]", "tasks=[seg"])
+def test_an_override_that_does_not_parse_says_how_to_write_it(override: str, tmp_path: Path, monkeypatch, capsys):
+    """A unicode task name unquoted (or a list not closed): Hydra's lexer error, one line, and how to write it."""
+    from lightning_sparse_mtl import train as train_mod
+
+    monkeypatch.setattr(sys, "argv", ["train", override, f"hydra.run.dir={tmp_path / 'run'}"])
+    with pytest.raises(SystemExit) as exit_:
+        train_mod.main()
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert exit_.value.code == 2 and len(errors) == 1 and "the override does not parse" in errors[0], errors
+    assert "tasks=['ség']" in errors[0] and not (tmp_path / "run").exists()
+
+
 def test_a_crash_inside_the_task_keeps_its_traceback(tmp_path: Path, monkeypatch, capsys) -> None:
     from lightning_sparse_mtl import train as train_mod
 
