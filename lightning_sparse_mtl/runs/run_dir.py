@@ -112,13 +112,17 @@ def discard_if_created(run_dir: str | os.PathLike) -> None:
 
 def _fresh(path: Path) -> list[Path] | None | bool:
     """What a run into ``path`` creates: its absent parents (innermost first) when ``path`` is absent; None when it
-    is an empty folder (emptied again on a refusal, kept); False when it holds files (never touched)."""
-    if path.exists():
-        return None if path.is_dir() and not any(path.iterdir()) else False
-    parents, parent = [], path.parent
-    while not parent.exists() and parent != parent.parent:
-        parents.append(parent)
-        parent = parent.parent
+    is an empty folder (emptied again on a refusal, kept); False when it holds files or cannot be read (never
+    touched; check_run_dir says why)."""
+    try:
+        if path.exists():
+            return None if path.is_dir() and not any(path.iterdir()) else False
+        parents, parent = [], path.parent
+        while not parent.exists() and parent != parent.parent:
+            parents.append(parent)
+            parent = parent.parent
+    except OSError:  # e.g. a name longer than the filesystem allows
+        return False
     return parents
 
 
@@ -184,7 +188,7 @@ class RunGuard(Callback):
                                 "a folder, e.g. hydra.run.dir=outputs/my_run")  # fmt: skip
             run_dir = Path(str(raw_dir))  # ${now:} is cached: the dir Hydra uses
             ckpt = OmegaConf.select(config, "ckpt_path")
-            fresh = _fresh(run_dir.resolve())
+            fresh = _fresh(Path(os.path.abspath(run_dir)))
             guard_run_dir(run_dir, ckpt, config)
             if fresh is not False:
                 _CREATED[run_dir.resolve()] = fresh
