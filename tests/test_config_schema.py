@@ -125,3 +125,21 @@ def test_the_groups_are_found_not_listed() -> None:
                 "method"}  # fmt: skip
     assert expected <= found, expected - found
     assert {"experiment", "method", "model", "data"} <= {o.split("=")[0] for o in OPTIONS}
+
+
+@pytest.mark.parametrize("option", OPTIONS, ids=[o or "defaults" for o in OPTIONS])
+def test_every_shipped_option_passes_the_check(option: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    """No false refusal: the schema takes every config the project ships (the Torch-Pruning arms with the MACs
+    budget they need; OTO is refused in one line where only-train-once cannot run, docs/peers.md)."""
+    from lightning_sparse_mtl.runs.run_dir import release_run_dir
+
+    for var in CLUSTER_VARS:
+        monkeypatch.delenv(var, raising=False)
+    extra = ["sparsity.target_macs=0.25"] if option.startswith("method=tp_") else []
+    cfg = compose_train([o for o in (option, *extra) if o], tmp_path / "run")
+    try:
+        RunGuard().on_run_start(cfg)
+    except SystemExit:
+        assert option == "method=oto_hesso" and "error: method=oto_hesso" in capsys.readouterr().err
+    finally:
+        release_run_dir(tmp_path / "run")
