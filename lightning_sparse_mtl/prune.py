@@ -4,7 +4,8 @@ Writes, next to the checkpoint's run: ``pruned.pt`` (state dict + architecture; 
 rebuilds it, ``torch.load(path, weights_only=True)`` reads it), ``pruned.pt2`` (``torch.export.load``) and, with
 the ``[deploy]`` extra, ``pruned.onnx`` / ``dense.onnx``, each verified; and a speed report (params, exact MACs,
 dense vs pruned latency per runtime and batch, median and IQR, per-layer profile) merged into the run's
-``results.json`` under ``pruned/...``, ``dense/...`` and ``speed/...``.
+``results.json`` under ``pruned/...``, ``dense/...`` and ``speed/...``. All of them are published as one set at
+the end (``deploy.publish``): a prune that fails, is interrupted or killed leaves the files of an earlier prune.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from lightning_sparse_mtl.core.errors import Interrupted, exit_on_user_error
-from lightning_sparse_mtl.core.results import print_results, read_results, write_results
+from lightning_sparse_mtl.core.results import print_results
 from lightning_sparse_mtl.core.validate import check_bool, check_prune_options, check_writable_file, require_ckpt_path
 from lightning_sparse_mtl.runs.cli import entry_point  # not core.configs: that imports Lightning
 from lightning_sparse_mtl.runs.data_paths import measured_input_size, point_data_at
@@ -38,11 +39,9 @@ def prune_checkpoint(
 
     point_data_at(module.cfg, data_root)  # kept in pruned.pt's config, so evaluate finds the data too
     measured_input_size(module.cfg, "prune")  # the data is there (one test image gives the input size)
-    figures = prune_and_measure(module, out, **kwargs)
-    results_path = run_dir / "results.json"
-    if figures and results_path.is_file() and out.parent.resolve() == run_dir.resolve():
-        kept = {k: v for k, v in read_results(results_path).items() if not k.startswith(("pruned/", "dense/"))}
-        write_results(results_path, {**kept, **figures})
+    results = run_dir / "results.json"
+    in_run = results.is_file() and out.parent.resolve() == run_dir.resolve()
+    figures = prune_and_measure(module, out, results=results if in_run else None, **kwargs)
     if figures:
         print_results(figures, title=f"pruned model: {figures['pruned/path']}")
     return figures
@@ -63,8 +62,9 @@ def main(cfg: DictConfig) -> None:
         try:
             run()
         except KeyboardInterrupt:  # Ctrl-C: one line (exit 130), not a traceback
-            raise Interrupted("prune interrupted; run it again: until it finishes, pruned.pt, its exports and the "
-                              "figures in results.json may come from different prunes") from None  # fmt: skip
+            raise Interrupted("prune interrupted: pruned.pt, its exports and the figures in results.json are still "
+                              "one prune's (the earlier one's unless this one had published); run it again"
+                              ) from None  # fmt: skip
 
     exit_on_user_error(interruptible)
 

@@ -29,7 +29,7 @@ from lightning_sparse_mtl.runs.checkpoints import check_resume
 from lightning_sparse_mtl.runs.cli import entry_point
 from lightning_sparse_mtl.runs.csv_log import prepare_csv_resume
 from lightning_sparse_mtl.runs.logfile import run_log
-from lightning_sparse_mtl.runs.run_dir import guard_run_dir, holds, release_run_dir
+from lightning_sparse_mtl.runs.run_dir import discard_if_created, guard_run_dir, holds, release_run_dir
 from lightning_sparse_mtl.runs.validate_train import validate_train_config
 from lightning_sparse_mtl.sparsity.stats import sparsity_stats
 from lightning_sparse_mtl.training.checkpoint_io import AtomicCheckpointIO
@@ -155,13 +155,17 @@ def train(cfg: DictConfig) -> dict:
 def _train(cfg: DictConfig, run_dir: Path) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     start = time.perf_counter()
-    module = SparseMTLModule(cfg)  # validates tasks, encoder, heads, sparsity before any data work
-    datamodule = instantiate_checked("data", cfg.data)
-    for stage in ("fit", "test"):  # build and validate every split (every file) before any training starts
-        datamodule.setup(stage)
-    check_train_steps(datamodule, cfg.trainer, cfg.tasks)
     trust = bool(cfg.get("trust_checkpoint", False))
-    resume = check_resume(module, cfg.ckpt_path, trust) if cfg.get("ckpt_path") else None
+    try:  # refused here (the data, its batch counts, the resume file): no run dir is left behind if made for this run
+        module = SparseMTLModule(cfg)  # validates tasks, encoder, heads, sparsity before any data work
+        datamodule = instantiate_checked("data", cfg.data)
+        for stage in ("fit", "test"):  # build and validate every split (every file) before any training starts
+            datamodule.setup(stage)
+        check_train_steps(datamodule, cfg.trainer, cfg.tasks)
+        resume = check_resume(module, cfg.ckpt_path, trust) if cfg.get("ckpt_path") else None
+    except UserError:
+        discard_if_created(run_dir)
+        raise
     trainer = build_trainer(cfg, run_dir)
     prepare_csv_resume(trainer, resume)
     log_run_config(trainer, plain_config(cfg))

@@ -161,6 +161,25 @@ def test_checkpoint_whose_config_is_not_a_model_of_this_package(dense_results: d
         evaluate(str(path))
 
 
+@pytest.mark.parametrize("entry", ["prune", "evaluate"])
+def test_checkpoint_whose_config_belongs_to_another_model(entry: str, dense_results: dict, tmp_path: Path) -> None:
+    """A config of this package that does not fit the weights (edited, or from another run): one line saying which
+    tensor differs and how (it was Lightning's multi-line load_state_dict report, cut to its first line)."""
+    import importlib
+
+    ckpt = torch.load(dense_results["ckpt_path"], weights_only=True)
+    ckpt["hyper_parameters"]["cfg"]["model"]["head_channels"] = 32  # the run's heads have 16
+    torch.save(ckpt, tmp_path / "edited.ckpt")
+    run = getattr(importlib.import_module(f"lightning_sparse_mtl.{entry}"), f"{entry}_checkpoint" if entry ==
+                  "prune" else "evaluate")  # fmt: skip
+    with pytest.raises(UserError) as err:
+        run(str(tmp_path / "edited.ckpt"))
+    assert re.search(r"edited\.ckpt does not match the model its config describes \(\d+ tensors differ, e\.g\. "
+                     r"net\.heads\.\w+\.block\.0\.weight: \[16, \d+, 3, 3\] in the file, \[32, \d+, 3, 3\] in the "
+                     r"model\): its config was edited", str(err.value)), str(err.value)  # fmt: skip
+    assert "\n" not in str(err.value) and sorted(p.name for p in tmp_path.iterdir()) == ["edited.ckpt"]
+
+
 def small_net() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
 
@@ -196,6 +215,19 @@ def test_config_that_does_not_compose_is_one_line(entry: str, override: str, mes
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "HYDRA_FULL_ERROR" not in proc.stderr and not run_dir.exists()
+
+
+@pytest.mark.parametrize("override", ["tasks=[ség]", "tasks=[seg"])
+def test_an_override_that_does_not_parse_says_how_to_write_it(override: str, tmp_path: Path, monkeypatch, capsys):
+    """A unicode task name unquoted (or a list not closed): Hydra's lexer error, one line, and how to write it."""
+    from lightning_sparse_mtl import train as train_mod
+
+    monkeypatch.setattr(sys, "argv", ["train", override, f"hydra.run.dir={tmp_path / 'run'}"])
+    with pytest.raises(SystemExit) as exit_:
+        train_mod.main()
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert exit_.value.code == 2 and len(errors) == 1 and "the override does not parse" in errors[0], errors
+    assert "tasks=['ség']" in errors[0] and not (tmp_path / "run").exists()
 
 
 def test_a_crash_inside_the_task_keeps_its_traceback(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -407,3 +439,35 @@ def test_bad_file_found_in_a_dataloader_worker_is_one_line(capsys) -> None:
     err = capsys.readouterr().err
     assert exit_.value.code == 2
     assert err == "error: cannot read image val/0.jpg: truncated; expected a readable .jpg file\n"
+
+
+@pytest.mark.parametrize("before", ["absent", "empty", "holds a file"])
+def test_a_run_refused_after_its_run_dir_was_claimed_leaves_nothing(before: str, tmp_path: Path) -> None:
+    """Refusals that need the data (batch counts, bad files) come after Hydra made the run dir and wrote .hydra/,
+    the log and the lock: the run dir goes again when it was made for this run (with the parents made with it) and
+    is emptied again when it was empty; a folder that held files is left as it is (Hydra's files included)."""
+    from conftest import compose_train_cfg
+
+    from lightning_sparse_mtl.train import train
+
+    parent = tmp_path / "outputs" / "day"
+    run_dir = parent / "run"
+    if before != "absent":
+        run_dir.mkdir(parents=True)
+    if before == "holds a file":
+        (run_dir / "notes.txt").write_text("mine")
+    cfg = compose_train_cfg(run_dir, ["trainer.val_check_interval=10"])
+    OmegaConf.set_readonly(cfg.hydra, False)
+    with open_dict(cfg):
+        cfg.hydra.run.dir = str(run_dir)
+    RunGuard().on_run_start(cfg)  # checks the config, claims (makes) the run dir
+    (run_dir / ".hydra").mkdir()  # what Hydra writes next
+    (run_dir / "train.log").write_text("log")
+    with pytest.raises(UserError, match="trainer.val_check_interval=10 is more than the 4 train batches"):
+        train(cfg)
+    if before == "absent":
+        assert not (tmp_path / "outputs").exists()
+    elif before == "empty":
+        assert list(run_dir.iterdir()) == []
+    else:
+        assert (run_dir / "notes.txt").read_text() == "mine" and (run_dir / "train.log").exists()

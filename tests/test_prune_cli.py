@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -248,3 +251,53 @@ def test_wrong_kind_of_model_file_is_named(tmp_path: Path) -> None:
         with pytest.raises(UserError, match=f"is a deployment export \\(load it with {loader}"):
             evaluate(str(export))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned.onnx", "pruned.pt", "pruned.pt2"]
+
+
+OUTPUTS = ("pruned.pt", "pruned.pt2", "pruned.onnx", "dense.onnx", "results.json")
+
+
+@pytest.fixture(scope="module")
+def pruned_run(dense_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sparse run pruned once with every export: the earlier outputs a killed prune must leave alone."""
+    run = tmp_path_factory.mktemp("pruned") / "run"
+    prune_checkpoint(str(sparsify_checkpoint(dense_run, run)), repeats=1, batch_sizes=(1,), min_run_time=0.01)
+    return run
+
+
+def started_writing(run: Path, prefix: str) -> bool:
+    """Whether a prune has written a file into its staging folder in ``run`` (the folder may go meanwhile)."""
+    try:
+        return any(f.is_file() for stage in run.glob(f"{prefix}*") for f in stage.iterdir())
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow  # a real prune process (~1 min on 2 busy cores)
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_prune_killed_while_writing_leaves_the_earlier_outputs(sig: int, pruned_run: Path, tmp_path: Path) -> None:
+    """A prune stopped (SIGKILL, Ctrl-C) once it has started writing its files leaves the earlier prune's five
+    outputs byte for byte; Ctrl-C is one line (exit 130); a killed prune's staging folder goes at the next prune."""
+    from lightning_sparse_mtl.deploy.publish import STAGING_PREFIX, recover
+
+    run = tmp_path / "run"
+    shutil.copytree(pruned_run, run)
+    before = {n: (run / n).read_bytes() for n in OUTPUTS}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    args = [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "batch_sizes=[1,8]", "repeats=3", "threads=1"]
+    with subprocess.Popen([sys.executable, "-m", "lightning_sparse_mtl.prune", *args], env=env, text=True,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:  # fmt: skip
+        deadline = time.monotonic() + 300
+        while not started_writing(run, STAGING_PREFIX):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    assert {n: (run / n).read_bytes() for n in OUTPUTS} == before
+    if sig == signal.SIGINT:
+        errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+        assert proc.returncode == 130 and len(errors) == 1 and "Traceback" not in err, err[-2000:]
+        assert errors[0].startswith("error: prune interrupted:") and not list(run.glob(f"{STAGING_PREFIX}*"))
+    else:
+        assert proc.returncode == -signal.SIGKILL and len(list(run.glob(f"{STAGING_PREFIX}*"))) == 1
+        recover(run)  # what the next prune into this folder does first
+        assert not list(run.glob(f"{STAGING_PREFIX}*")) and {n: (run / n).read_bytes() for n in OUTPUTS} == before

@@ -1,7 +1,8 @@
 """The compact model: prune a trained net (a copy), put it in inference form, export, verify, measure, save.
 
 Files written next to ``output`` (default ``<run>/pruned.pt``): ``pruned.pt`` (state dict + architecture),
-``pruned.pt2`` (torch.export), and with the ``[deploy]`` extra ``pruned.onnx`` and ``dense.onnx``. Every
+``pruned.pt2`` (torch.export), and with the ``[deploy]`` extra ``pruned.onnx`` and ``dense.onnx``; published as one
+set with the run's ``results.json`` (:mod:`~lightning_sparse_mtl.deploy.publish`: a kill leaves the earlier set). Every
 model derived from the trained net (pruned, rounded, BN-folded, exported) is checked against the zero-masked
 dense net on random input (max abs diff <= 1e-4).
 """
@@ -9,8 +10,6 @@ dense net on random input (max abs diff <= 1e-4).
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,12 +19,14 @@ from rich.console import Console
 from rich.table import Table
 
 from lightning_sparse_mtl.core.errors import UserError
+from lightning_sparse_mtl.core.results import read_results, write_results
 from lightning_sparse_mtl.data.datamodule import input_size_of
 from lightning_sparse_mtl.deploy import export as ex
 from lightning_sparse_mtl.deploy.inference import compare, inference_form
 from lightning_sparse_mtl.deploy.measure import count_macs, count_params
 from lightning_sparse_mtl.deploy.profile import print_profile, profile_report
 from lightning_sparse_mtl.deploy.pruned_file import save_pruned
+from lightning_sparse_mtl.deploy.publish import staging
 from lightning_sparse_mtl.deploy.speed import eager_runner, onnx_runner, speed_table
 from lightning_sparse_mtl.sparsity.pruning import prune_zero_channels
 
@@ -43,17 +44,6 @@ def export_paths(output: Path) -> dict[str, Path]:
     """Where a prune to ``output`` (``<dir>/pruned.pt``) puts its exports: ``{figure key: path}``."""
     return {"pruned/pt2_path": output.with_suffix(".pt2"), "pruned/onnx_path": output.with_suffix(".onnx"),
             "dense/onnx_path": output.parent / "dense.onnx"}  # fmt: skip
-
-
-def _publish(staged: dict[str, str], final: dict[str, Path]) -> None:
-    """Move the staged exports to their final paths; remove exports of an earlier prune that this one did not
-    write, so the file set on disk belongs to one prune."""
-    for key, path in final.items():
-        if key in staged:
-            os.replace(staged[key], path)
-        elif path.is_file():
-            path.unlink()
-            print(f"removed {path}: an export of an earlier prune that this one did not write")
 
 
 def other_size(size: Sequence[int]) -> tuple[int, int]:
@@ -106,13 +96,19 @@ def _runners(dense_inf, pruned_inf, files: dict, threads: int) -> dict:
 def prune_and_measure(
     module, output: Path, batch_sizes: Sequence[int] = (1, 8, 32), repeats: int = 5, threads: int = 2,
     round_to: int = 1, fold_bn: bool = True, channels_last: bool = True, export: bool = True,
-    min_run_time: float = 0.2, profile: bool = True,
+    min_run_time: float = 0.2, profile: bool = True, results: Path | None = None,
 ) -> dict | None:  # fmt: skip
     """Prune ``module.net`` (a copy), verify, export, time dense vs pruned, save; return the figures.
 
     ``repeats``: interleaved timing rounds per (runtime, batch). Returns None (and writes nothing) when no
     channel is removable. The MACs ratio is always the exact pruning's (``round_to`` does not change it).
+    ``results``: a results.json beside ``output`` whose figures of an earlier prune are replaced by these,
+    published with the files (all of them or none: a prune that fails or is killed leaves the earlier set).
     """
+    final = export_paths(output)
+    if len({output, *final.values()}) < 4:
+        names = ", ".join(p.name for p in final.values())
+        raise UserError(f"output={output} would write two of its files ({names}) to one path: name it like pruned.pt")
     dense = module.net.eval()
     size = input_size_of(module.cfg)
     exact, report = prune_copy(dense, size)
@@ -148,14 +144,10 @@ def prune_and_measure(
     if not diff <= ATOL:
         raise UserError(f"the inference form of the pruned model differs from the dense model by {diff:.3g}")
     figures.update({"speed/fold_bn": fold_bn, "speed/channels_last": channels_last})
-    output.parent.mkdir(parents=True, exist_ok=True)
-    final = export_paths(output)
-    # exports are written to a staging folder beside the output and moved into place only once pruned.pt is saved:
-    # a prune that fails (timing, profiling, saving) leaves the files of an earlier prune as they were
-    with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.exports-") as stage:
-        files = (
-            _exports(dense_inf, pruned_inf, dense, Path(stage) / output.name, size, list(dense.tasks)) if export else {}
-        )
+    # every file is written to a staging folder beside the output and the set is moved into place at the end:
+    # a prune that fails, is interrupted or killed leaves the files of an earlier prune as they were
+    with staging(output.parent) as stage:
+        files = _exports(dense_inf, pruned_inf, dense, stage.path(output), size, list(dense.tasks)) if export else {}
         figures.update(files)
         speed, records = speed_table(_runners(dense_inf, pruned_inf, files, threads), size, batch_sizes, threads,
                                      figures["pruned/macs_ratio"], repeats, min_run_time,
@@ -175,9 +167,14 @@ def prune_and_measure(
             profiles = profile_report(dense_inf, pruned_inf, size, threads, onnx_paths)
             prune_report["profile"], prune_report["profiles"] = profiles["eager"], profiles
             print_profile(profiles)
-        save_pruned(output, pruned, module.cfg, prune_report)
-        _publish(staged, final)
-    figures["pruned/path"] = str(output.resolve())
+        save_pruned(stage.path(output), pruned, module.cfg, prune_report)
+        figures["pruned/path"] = str(output.resolve())
+        if results is not None:
+            kept = {k: v for k, v in read_results(results).items() if not k.startswith(("pruned/", "dense/", "speed/"))}
+            write_results(stage.path(results), {**kept, **figures})
+        stage.commit(
+            {output: True, **{path: k in staged for k, path in final.items()}, **({results: True} if results else {})}
+        )
     print_speed(records, figures["pruned/macs_ratio"], figures["pruned/macs_ratio_effective"])
     return figures
 

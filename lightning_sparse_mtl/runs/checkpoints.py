@@ -54,9 +54,22 @@ def load_module(path: str | os.PathLike, trust: bool = False):
     try:
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "shape mismatch"
-        raise UserError(f"{path} does not match the model its config describes: {first}") from None
+        diff = weights_mismatch(module, ckpt["state_dict"]) or (str(err).strip().splitlines() or ["shapes differ"])[0]
+        raise UserError(f"{path} does not match the model its config describes ({diff}): its config was edited or "
+                        "belongs to another run; use the file as it was saved") from None  # fmt: skip
     return module.eval()
+
+
+def weights_mismatch(module: torch.nn.Module, state_dict: dict) -> str | None:
+    """``N tensors differ, e.g. <key>: <shape> in the file, <shape> in the model`` (None when they fit)."""
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state_dict.items() if torch.is_tensor(v)}
+    keys = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+    if not keys:
+        return None
+    k = keys[0]
+    file_shape, model_shape = (str(list(d[k])) if k in d else "absent" for d in (found, expected))
+    return f"{len(keys)} tensors differ, e.g. {k}: {file_shape} in the file, {model_shape} in the model"
 
 
 def _module_from_config(cfg: dict, path: str | os.PathLike):
@@ -84,14 +97,10 @@ def check_resume(module: torch.nn.Module, path: str | os.PathLike, trust: bool =
         raise UserError(
             f"{path} is not a lightning-sparse-mtl training checkpoint; resume needs <run>/checkpoints/last.ckpt"
         )
-    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items() if torch.is_tensor(v)}
-    if expected != found:
-        diff = sorted(set(expected.items()) ^ set(found.items()))
-        raise UserError(
-            f"{path} was trained with a different model config ({len(diff)} tensors differ, e.g. {diff[0][0]}); "
-            "resume with the overrides of the original run"
-        )
+    diff = weights_mismatch(module, ckpt["state_dict"])
+    if diff:
+        raise UserError(f"{path} was trained with a different model config ({diff}); resume with the overrides of "
+                        "the original run")  # fmt: skip
     return {"epoch": int(ckpt.get("epoch", 0)), "global_step": int(ckpt.get("global_step", 0))}
 
 

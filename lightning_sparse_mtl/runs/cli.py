@@ -16,12 +16,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import hydra
-from hydra.errors import HydraException
+from hydra.errors import HydraException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
 from lightning_sparse_mtl.core.config_dir import CONFIG_DIR
 
 _STATE = {"task_started": False}
+_PARSE_HINT = ("; the override does not parse: write key=value, a list as [a,b], and quote a value with spaces "
+               "or non-ASCII letters, e.g. tasks=['ség'] or key='a value'")  # fmt: skip
 _NOISE = re.compile(r"^\s*(\^+|full_key:|object_type=|reference_type=|See https://hydra\.cc|Set the environment)")
 
 
@@ -54,7 +56,8 @@ def one_line_hydra_errors() -> Iterator[None]:
                 if _STATE["task_started"] or os.environ.get("HYDRA_FULL_ERROR") == "1":
                     raise
                 kind = "" if isinstance(err, HydraException | OmegaConfBaseException) else f"{type(err).__name__}: "
-                print(f"error: {kind}{one_line(err)}", file=sys.stderr, flush=True)
+                hint = _PARSE_HINT if isinstance(err, OverrideParseException) else ""
+                print(f"error: {kind}{one_line(err)}{hint}", file=sys.stderr, flush=True)
                 sys.exit(2)
 
         return original(guarded)

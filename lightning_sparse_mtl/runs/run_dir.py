@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from lightning_sparse_mtl.core.validate import check_writable_dir
 
 LOCK_NAME = ".lsmtl.lock"
 _HELD: dict[Path, int] = {}  # resolved run dir -> open lock fd of this process
+_CREATED: dict[Path, list[Path] | None] = {}  # run dir RunGuard saw absent (-> its absent parents) or empty (-> None)
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -88,6 +90,42 @@ def release_run_dir(run_dir: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def discard_if_created(run_dir: str | os.PathLike) -> None:
+    """Remove what a run refused before its first step wrote (Hydra's ``.hydra/``, the log, the lock) when its run
+    dir was created for it, or was empty, so nothing is left behind. Parents created with it go too if nothing else
+    is in them (``os.rmdir``: another run may share them). A run dir that held files before is never touched."""
+    path = Path(run_dir).resolve()
+    if path not in _CREATED:
+        return
+    parents = _CREATED.pop(path)
+    for child in path.iterdir() if path.is_dir() else []:
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    for folder in ([path] if parents is not None else []) + (parents or []):
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+def _fresh(path: Path) -> list[Path] | None | bool:
+    """What a run into ``path`` creates: its absent parents (innermost first) when ``path`` is absent; None when it
+    is an empty folder (emptied again on a refusal, kept); False when it holds files or cannot be read (never
+    touched; check_run_dir says why)."""
+    try:
+        if path.exists():
+            return None if path.is_dir() and not any(path.iterdir()) else False
+        parents, parent = [], path.parent
+        while not parent.exists() and parent != parent.parent:
+            parents.append(parent)
+            parent = parent.parent
+    except OSError:  # e.g. a name longer than the filesystem allows
+        return False
+    return parents
+
+
 def holds(run_dir: str | os.PathLike) -> bool:
     return Path(run_dir).resolve() in _HELD
 
@@ -150,7 +188,10 @@ class RunGuard(Callback):
                                 "a folder, e.g. hydra.run.dir=outputs/my_run")  # fmt: skip
             run_dir = Path(str(raw_dir))  # ${now:} is cached: the dir Hydra uses
             ckpt = OmegaConf.select(config, "ckpt_path")
+            fresh = _fresh(Path(os.path.abspath(run_dir)))
             guard_run_dir(run_dir, ckpt, config)
+            if fresh is not False:
+                _CREATED[run_dir.resolve()] = fresh
             had_config = (run_dir / ".hydra").is_dir()  # the claim writes only the lock file
         except UserError as err:
             _fail(err)

@@ -1,5 +1,6 @@
 """Object configs (``_target_`` + arguments) checked against their class's signature before anything is built:
-an unknown key is one line naming it and the valid ones, for every object of ``data``, ``callbacks`` and ``logger``."""
+an unknown key is one line naming it and the valid ones, a value of the wrong type one line naming its key
+(runs/schema.py), for every object of ``data``, ``callbacks`` and ``logger``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from lightning_sparse_mtl.core.errors import UserError
 from lightning_sparse_mtl.core.validate import locate_class
+from lightning_sparse_mtl.runs.schema import KWARGS_GO_TO, check_types, init_chain, object_schema
 
 HYDRA_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
 
@@ -24,22 +26,21 @@ def _keywords(fn: Any) -> tuple[list[str], bool] | None:
 
 
 def accepted_keywords(target: Any) -> list[str] | None:
-    """Keyword arguments ``target`` accepts; None when they are open (``**kwargs`` all the way down the class's
-    bases) or unreadable. A subclass ``__init__(*args, **kwargs)`` that passes them on takes its base's."""
-    inits = (
-        [k.__dict__["__init__"] for k in target.__mro__ if "__init__" in k.__dict__]
-        if isinstance(target, type)
-        else [target]
-    )
+    """Keyword arguments ``target`` accepts; None when they are open (``**kwargs`` all the way along
+    :func:`~lightning_sparse_mtl.runs.schema.init_chain` to an open callable) or unreadable. A subclass
+    ``__init__(*args, **kwargs)`` that passes them on takes its base's; ``object`` takes none."""
     names: list[str] = []
-    for init in inits:
+    for init in init_chain(target):
         found = _keywords(init)
         if found is None:
             return None
         names += [n for n in found[0] if n not in names]
         if not found[1]:
             return names
-    return None
+    if not isinstance(target, type):
+        return None
+    forwards = any(f"{k.__module__}.{k.__qualname__}" in KWARGS_GO_TO for k in target.__mro__)
+    return None if forwards else names  # the chain ended at object
 
 
 def check_keys(key: str, given: Mapping, valid: list[str] | None) -> None:
@@ -60,9 +61,13 @@ def objects_in(node: Any, where: str) -> Iterator[tuple[str, Mapping]]:
             yield from objects_in(v, f"{where}[{i}]")
 
 
-def check_object_kwargs(key: str, node: Mapping) -> None:
-    """Every key of the object config ``node`` is an argument of its ``_target_``."""
-    check_keys(key, node, accepted_keywords(locate_class(key, node.get("_target_"))))
+def check_object_kwargs(key: str, node: Mapping, skip: tuple[str, ...] = ()) -> None:
+    """Every key of the object config ``node`` is an argument of its ``_target_``, with a value of its type
+    (``skip``: arguments the code passes, not the config)."""
+    target = locate_class(key, node.get("_target_"))
+    valid = accepted_keywords(target)
+    check_keys(key, node, None if valid is None else [k for k in valid if k not in skip])
+    check_types(key, node, object_schema(target))
 
 
 def check_data_objects(data: Mapping) -> None:

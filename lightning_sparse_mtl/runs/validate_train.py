@@ -5,8 +5,8 @@ from __future__ import annotations
 import inspect
 import math
 import os
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -37,10 +37,13 @@ from lightning_sparse_mtl.core.validate import (
     trainer_arg_names,
     unknown_keys,
 )  # fmt: skip
+from lightning_sparse_mtl.peers.settings import peer_settings
+from lightning_sparse_mtl.runs.group_schemas import check_group_types
 from lightning_sparse_mtl.runs.validate_objects import check_data_objects, check_keys, check_object_kwargs
 
 PRUNE_KEYS = ("after_train", "latency_repeats", "min_run_time", "batch_sizes", "round_to", "fold_bn", "channels_last",
               "threads", "export")  # fmt: skip
+T = TypeVar("T")
 EXTRA_RESULT_KEYS = ("sparsity/group_sparsity", "sparsity/weight_sparsity", "params", "wall_time_s")
 
 
@@ -64,6 +67,8 @@ def validate_train_config(cfg: Any) -> list[str]:
     check_weighting(get(cfg, "weighting"))
     opt_cls = check_optimizer_class(cfg)
     check_sparsity(get(cfg, "sparsity") or {}, lam, opt_cls)
+    check_group_types(cfg)  # a wrong type the checks above let through (they give ranges and names): one schema
+    peer_settings(get(cfg, "method"), dict(get(cfg, "sparsity") or {}), lam)  # method=<arm> and its options
     check_optimizer(cfg)
     check_optional_file("ckpt_path", get(cfg, "ckpt_path"))
     trust = check_bool("trust_checkpoint", get(cfg, "trust_checkpoint", False))
@@ -86,6 +91,14 @@ def validate_train_config(cfg: Any) -> list[str]:
                     raise UserError(f"{group}.{name} must be a config with _target_ or null, got {node!r}")
                 check_object_kwargs(f"{group}.{name}", node)
     return tasks
+
+
+def named(key: str, lookup: Callable[[Any], T], name: Any) -> T:
+    """A registry lookup whose one-line error names the config key (``model.head: unknown head 'x'; ...``)."""
+    try:
+        return lookup(name)
+    except UserError as err:
+        raise UserError(f"{key}: {err}") from None
 
 
 def check_encoder_builds(name: str, output_stride: int) -> None:
@@ -157,7 +170,7 @@ def check_model(cfg: Any, specs: list) -> None:
                 f"model.normalize needs mean: [r, g, b] and std: [r, g, b] as numbers, got {normalize!r}"
             ) from None
     check_encoder_builds(model["encoder"], model.get("output_stride", 32))
-    DENSE_HEADS.get(model.get("head", "conv"))  # "unknown head 'x'; valid: ..." (the registry's message)
+    named("model.head", DENSE_HEADS.get, model.get("head", "conv"))  # "model.head: unknown head 'x'; valid: ..."
     check_int("model.head_channels", model.get("head_channels", 64), 1, example=64)
     heads = {model.get("head", "conv"), *(dict(model.get("head_overrides") or {}).values())}
     if "aspp" in heads and get(cfg, "data.batch_size") == 1:  # its image-pooling branch: BatchNorm of a 1x1 map
@@ -190,7 +203,7 @@ def check_weighting(node: Any) -> None:
     if node is not None and not isinstance(node, Mapping):
         raise UserError(f"weighting must be a config with a name (fixed, uncertainty, dwa), got {node!r}")
     node = dict(node or {"name": "fixed"})
-    cls = WEIGHTINGS.get(node.pop("name", "fixed"))
+    cls = named("weighting.name", WEIGHTINGS.get, node.pop("name", "fixed"))
     options = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "tasks", "weights")]
     unknown_keys("weighting", node, ["name", *options])
     if "temperature" in node:

@@ -26,6 +26,9 @@ _CHANNEL_LOCAL_FNS = frozenset(
     CudnnBatchNorm NativeDropout Transpose Permute""".split()
 )
 _REDUCTIONS = frozenset({"Mean", "Sum", "Amax", "Amin"})
+# Ops whose forward names channel positions or counts as constants (``x[:, :3]``, ``torch.split(x, [3, 5], 1)``,
+# ``x.chunk(2, 1)``, ``x.unbind(1)``): removing any channel of their input would shift what those constants select.
+_LAYOUT_OPS = (OPTYPE.SLICE, OPTYPE.SPLIT, OPTYPE.UNBIND)
 _MATMULS = frozenset({"Mm", "Addmm"})
 
 
@@ -88,6 +91,23 @@ def passes(node: Any) -> bool:
     if fn in _MATMULS:
         return _is_linear_matmul(node)
     return False  # bmm/matmul of activations (attention), softmax, norms, unknown ops
+
+
+def fixes_channel_layout(node: Any) -> bool:
+    """Whether a slice/split/chunk/unbind node selects channels by constant positions: then every channel of its
+    input must stay where it is (its dependency group is kept whole). A slice along the batch or a spatial dim of
+    an NCHW map, or one that keeps every channel in order (``x[:, :]``), does not; an unknown dim does."""
+    if node.type not in _LAYOUT_OPS:
+        return False
+    fn = node.grad_fn
+    dim, sizes = getattr(fn, "_saved_dim", None), getattr(fn, "_saved_self_sym_sizes", None)
+    if dim is None or sizes is None or not sizes or not -len(sizes) <= dim < len(sizes):
+        return True
+    dim %= len(sizes)
+    if dim == 0 or (len(sizes) == 4 and dim in (2, 3)):
+        return False
+    whole = (getattr(fn, "_saved_start", None), getattr(fn, "_saved_step", None)) == (0, 1)
+    return not (node.type == OPTYPE.SLICE and whole and getattr(fn, "_saved_end", 0) >= sizes[dim])
 
 
 def is_depthwise(module: nn.Module) -> bool:

@@ -30,7 +30,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from torch_pruning import ops
 
 from lightning_sparse_mtl.deploy.measure import _call, count_params
-from lightning_sparse_mtl.sparsity.channel_ops import OPTYPE, is_depthwise, passes, read_mask, width
+from lightning_sparse_mtl.sparsity.channel_ops import fixes_channel_layout, is_depthwise, passes, read_mask, width
+from lightning_sparse_mtl.sparsity.prune_checks import PruneError, check_real_values, run_pruned
+
+OPTYPE = ops.OPTYPE
 
 
 @dataclass
@@ -106,6 +109,8 @@ def _group_keep_mask(graph: tp.DependencyGraph, group: Any, output_nodes: set, c
         node, handler = dep.target, dep.handler
         is_out = graph.is_out_channel_pruning_fn(handler)
         is_in = graph.is_in_channel_pruning_fn(handler)
+        if fixes_channel_layout(node):  # x[:, :3], split, chunk: constant channel positions in the forward
+            return torch.ones(n, dtype=torch.bool)
         if node.type == OPTYPE.OUTPUT or (is_out and node in output_nodes):
             keep[roots_t] = True  # the value reaches a model output
         elif node.type in (OPTYPE.CONV, OPTYPE.DEPTHWISE_CONV, OPTYPE.LINEAR):
@@ -201,12 +206,15 @@ def prune_zero_channels(
     ``example_inputs``: a tensor (e.g. (N, 3, H, W)) or a tuple of forward arguments; the forward
     may return a tensor, a tuple/list or a dict of tensors. Runs in ``eval()``, verifies that the
     outputs on ``example_inputs`` are unchanged (max abs diff <= ``atol``) and raises
-    ``RuntimeError`` otherwise (the model is then left as pruned: keep a copy if you need it).
+    :class:`PruneError` (a ``UserError`` and ``RuntimeError``, one line) otherwise or when the pruned forward fails
+    (the model is then left as pruned: keep a copy if you need it); a model on the meta device is refused before
+    anything changes. Channels that a slice/split/chunk/unbind selects by position are kept (their whole group).
     ``round_to=N`` keeps kept-channel counts at multiples of N (see :func:`_plan`). MACs in the report are
     per image (batch 1), as :func:`count_macs` on one image. Train/eval mode and ``requires_grad`` flags are
     restored. Attributes that merely record sizes
     (e.g. an smp encoder's ``out_channels``) are not updated.
     """
+    check_real_values(model, example_inputs)
     was_training = model.training
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     model.eval()
@@ -222,12 +230,12 @@ def prune_zero_channels(
             removed[name] = removed.get(name, 0) + len(idxs)
         for n, p in model.named_parameters():  # Torch-Pruning re-creates pruned params with requires_grad=True
             p.requires_grad_(requires_grad.get(n, p.requires_grad))
-        after, macs_after = _outputs_and_macs(model, example_inputs)
+        after, macs_after = run_pruned(lambda: _outputs_and_macs(model, example_inputs))
         diff = max_abs_diff(before, after)
         if not diff <= atol:
-            raise RuntimeError(
-                f"prune_zero_channels: pruned model differs from the original (max abs diff {diff:.3g} > atol {atol:g})"
-            )
+            raise PruneError(f"prune_zero_channels: pruned model differs from the original (max abs diff {diff:.3g} > "
+                             f"atol {atol:g}); the model is left pruned: prune a copy and pass the layers whose "
+                             "channels must stay as ignored_layers")  # fmt: skip
         return PruneReport(
             channels_removed=removed,
             params_before=params_before,
