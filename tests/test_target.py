@@ -45,10 +45,18 @@ def test_update_is_a_clipped_log_space_integral_and_holds_at_the_target() -> Non
     lam = c.sparsity_weight
     s = c.scheduled(60)
     assert c.update(60, s - 0.05) == pytest.approx(lam * math.exp(0.1 * 0.05 / 0.5))
-    # reaching the target: cut by hold_factor, then the (negative) error
+    # reaching the target: cut by hold_factor, then the error, at most -late_error (a minimum pace down)
     lam = c.sparsity_weight
-    assert c.update(100, 0.52) == pytest.approx(lam * 0.1 * math.exp(0.1 * (0.5 - 0.52) / 0.5))
+    assert c.update(100, 0.52) == pytest.approx(lam * 0.1 * math.exp(0.1 * -0.5))
     assert c.reached
+    # held at the target: lambda keeps falling by at least exp(-gain * late_error) per update, faster when far over
+    lam = c.sparsity_weight
+    assert c.update(110, 0.50) == pytest.approx(lam * math.exp(0.1 * -0.5))
+    lam = c.sparsity_weight
+    assert c.update(120, 0.80) == pytest.approx(lam * math.exp(0.1 * -0.6))
+    # groups revived below the target, past end_step: lambda rises again (the late floor, clipped at max_up)
+    lam = c.sparsity_weight
+    assert c.update(130, 0.45) == pytest.approx(lam * 1.05)
     # before start_step nothing changes
     d = LambdaController(0.5, 20, 100, 1e-4)
     assert d.update(5, 0.0) == pytest.approx(1e-4)
@@ -140,6 +148,30 @@ def test_resume_mid_trajectory_gives_the_same_lambda_curve(one_thread) -> None:
     assert gs.sparsity_weight == straight[69][1]
     train_steps(net, opt, 70, start=70)
     assert ctl.trajectory == straight
+
+
+def creep_after_reach(late_error: float, rate: float = 3.2) -> float:
+    """Replay of the coupled digits run (MACs budget 0.25, seed 0) from the update that reached the target: step
+    920, 0.756 of the MACs removed, lambda 1.86e-5, reading every 10 steps (gain 1.0). The plant: no revival, and
+    ``rate * lambda`` more removed per step (3.2 fits the measured creep: 0.015 over the last 330 steps at lambda
+    ~1.4e-5). Returns how much more was removed by step 1250."""
+    c = LambdaController(0.75, 0, 875, 2e-5, gain=1.0, max_up=math.log(1.05) * 10)
+    c.late_error = late_error
+    state = {**c.state_dict(), "log_weight": math.log(1.86e-5), "reached": True, "last_step": 920}
+    c.load_state_dict({**state, "last_measured": 0.756})
+    measured = 0.756
+    for step in range(930, 1251, 10):
+        measured += rate * 10 * c.sparsity_weight
+        c.update(step, measured)
+    return measured - 0.756
+
+
+def test_a_macs_budget_is_held_after_it_is_reached() -> None:
+    """The creep bug: after the target, lambda fell only by exp(gain * (s - m)/target) ~ 1 per update, so the
+    coupled digits runs at a MACs budget of 0.25 ended at 0.224-0.229. Now it falls at least exp(-gain *
+    late_error) per update: the same replay creeps < 0.005 instead of the measured ~0.015."""
+    assert creep_after_reach(late_error=0.0) > 0.012  # the old rule reproduces the measured creep
+    assert creep_after_reach(late_error=0.5) < 0.005
 
 
 def test_a_layer_at_the_cap_stops_losing_groups() -> None:
