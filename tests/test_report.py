@@ -14,7 +14,7 @@ from helpers.runs import PNG_MAGIC, assert_pdf, assert_png, check_ok, job_result
 from lightning_sparse_mtl.reporting import aggregate as report
 from lightning_sparse_mtl.reporting.metric_info import higher_is_better, label, unit
 from lightning_sparse_mtl.reporting.plots import pareto_front
-from lightning_sparse_mtl.reporting.summary import ci_halfwidth
+from lightning_sparse_mtl.reporting.summary import ci_halfwidth, load_stl_baselines
 
 FIGURES = ("tradeoff", "pareto", "layer_sparsity", "latency")
 
@@ -145,6 +145,30 @@ def test_delta_m_against_dense_and_stl_baselines(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         report.main([str(sweep), "--baselines", str(tmp_path / "missing")])
     assert exc.value.code == 2
+
+
+def test_target_and_peer_arms_at_lambda_zero_are_not_dense_references(tmp_path: Path) -> None:
+    """A ``sparsity.target`` run (λ start 0) and a ``method=tp_*`` run both report ``lambda: 0``: they were taken
+    as dense references (their own Δ vs dense 0, the dense mean polluted, STL baselines from sparse runs). Now
+    their counterpart is the λ = 0 run of the same setting, and folders of baselines skip them."""
+    sweep = tmp_path / "sweep"
+    target = {"sparsity": {"target": 0.7, "groups": "input"}}
+    peer = {"method": {"name": "tp_magnitude"}, "sparsity": {"target_macs": 0.25}}
+    jobs = [("dense0", 0, 0.50, {}, ["lambda=0"]), ("dense1", 1, 0.70, {}, ["lambda=0"]),
+            ("input0", 0, 0.66, target, ["sparsity.groups=input", "sparsity.target=0.7"]),
+            ("tp0", 0, 0.54, peer, ["method=tp_magnitude", "sparsity.target_macs=0.25"])]  # fmt: skip
+    for name, seed, miou, config, overrides in jobs:
+        write_job(sweep, name, fake_results(0.0, seed, miou, 0.0, config), overrides=[*overrides, f"seed={seed}"])
+    rows = {r["job"]: r for r in report.write_report(sweep)["rows"]}
+    assert rows["dense0"]["_dense"] and not rows["input0"]["_dense"] and not rows["tp0"]["_dense"]
+    # vs the dense mean (seg 0.60, depth 0.40): input +10 % / +15 %, tp -10 % / -15 %
+    assert rows["input0"]["delta_m_vs_dense"] == pytest.approx(12.5)
+    assert rows["tp0"]["delta_m_vs_dense"] == pytest.approx(-12.5)
+    assert rows["dense0"]["delta_m_vs_dense"] == pytest.approx((-100 / 6 - 25) / 2)  # vs the mean 0.60 / 0.40
+    stl = tmp_path / "stl"  # a folder of baselines: the sparse single-task run at λ = 0 is not one
+    write_job(stl, "seg_dense", {"test/seg/miou": 0.5, "lambda": 0, "config": {"tasks": ["seg"], "lambda": 0}})
+    write_job(stl, "seg_input", {"test/seg/miou": 0.9, "lambda": 0, "config": {"tasks": ["seg"], **target}})
+    assert load_stl_baselines([stl]) == {"test/seg/miou": 0.5}
 
 
 def test_ci_halfwidth_closed_form() -> None:

@@ -26,7 +26,7 @@ from lightning_sparse_mtl.core.atomic_io import atomic_write_text
 from lightning_sparse_mtl.core.errors import UserError, exit_on_user_error
 from lightning_sparse_mtl.core.validate import check_results_shape, check_writable_dir
 from lightning_sparse_mtl.mtl.delta_m import is_metric_key
-from lightning_sparse_mtl.reporting.configurations import assign_configurations, read_overrides, setting
+from lightning_sparse_mtl.reporting.configurations import assign_configurations, is_dense_run, read_overrides, setting
 from lightning_sparse_mtl.reporting.plots import make_plots, short_labels
 from lightning_sparse_mtl.reporting.summary import add_delta_m, load_stl_baselines, summarise
 from lightning_sparse_mtl.reporting.summary_tables import summary_markdown
@@ -111,6 +111,7 @@ def flatten_results(results: Mapping[str, Any], job: str) -> dict[str, Any]:
     }
     row["_config"] = config
     row["_results"] = results
+    row["_dense"] = is_dense_run(results)
     return row
 
 

@@ -20,6 +20,28 @@ import yaml
 SEED = "seed"
 LAMBDA = "lambda"
 IGNORED_KEYS = {"ckpt_path", "optimized_metric"}  # where to resume / what a sweeper optimises: not the setting
+# overrides that make a run sparse besides lambda: left out of a configuration's signature, so that a target or
+# peer arm finds the λ = 0 run of the same setting as its dense counterpart
+SPARSIFYING_KEYS = {LAMBDA, "sparsity.target", "sparsity.target_macs", "sparsity.groups", "method"}
+DENSE_METHODS = ("group_lasso", "group_lasso_coupled")  # at λ = 0 and without a target these train dense
+
+
+def is_dense_run(results: Mapping[str, Any]) -> bool:
+    """True for a dense reference run: λ = 0 *and* nothing else sparsifies it. A ``sparsity.target`` /
+    ``target_macs`` run adapts λ from a start value that may be 0, and a peer arm (``method=tp_*``) prunes to
+    ``target_macs`` with λ = 0: neither is dense, though both report ``lambda: 0``."""
+    config = results.get("config") or {}
+    lam = results.get("lambda", config.get("lambda"))
+    sparsity = config.get("sparsity") or {}
+    method = (config.get("method") or {}).get("name") or results.get("method") or DENSE_METHODS[0]
+    targets = ("target", "target_macs")
+    return (
+        isinstance(lam, int | float)
+        and lam == 0
+        and all(sparsity.get(k) is None for k in targets)
+        and "sparsity/target" not in results
+        and method in DENSE_METHODS
+    )
 
 
 def read_overrides(job_dir: Path) -> list[str] | None:
@@ -62,6 +84,10 @@ def setting(config: Mapping[str, Any], run_dirs: Sequence[str]) -> dict[str, Any
     return out
 
 
+def _sparsifying(key: str) -> bool:
+    return key in SPARSIFYING_KEYS or key.startswith("method.")
+
+
 def _fmt(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -94,7 +120,7 @@ def assign_configurations(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
         for row in group:
             extra = [f"{k}={_fmt(row['_setting'].get(k))}" for k in differing]
             row["config"] = base + (f" [{', '.join(extra)}]" if extra else "")
-            no_lambda = tuple(o for o in kept if override_key(o) != LAMBDA)
+            no_lambda = tuple(o for o in kept if not _sparsifying(override_key(o)))
             row["_signature"] = ("overrides", no_lambda, tuple(extra))
             if extra:
                 notes[row["config"]] = differing
@@ -107,6 +133,6 @@ def assign_configurations(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
         for row in plain:
             parts = [f"{k}={_fmt(row['_setting'].get(k))}" for k in varying]
             row["config"] = ",".join(parts) or "(defaults)"
-            rest = tuple(p for k, p in zip(varying, parts) if k != LAMBDA)
+            rest = tuple(p for k, p in zip(varying, parts) if not _sparsifying(k))
             row["_signature"] = ("config", rest)
     return notes

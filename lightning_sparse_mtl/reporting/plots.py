@@ -129,7 +129,7 @@ def plot_tradeoff(rows: Rows, summary: pd.DataFrame, path: Path, metrics: Sequen
 
 def _dense_fill(rows: Rows, column: str) -> dict[str, float]:
     """Dense (λ = 0) configurations have no pruned model: their MACs ratio and speedup are 1 by definition."""
-    return {r["config"]: 1.0 for r in rows if r.get("lambda") == 0 and r.get(column) is None}
+    return {r["config"]: 1.0 for r in rows if r.get("_dense") and r.get(column) is None}
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:

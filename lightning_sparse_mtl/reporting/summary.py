@@ -7,7 +7,8 @@ For every numeric report column: ``<col>_mean``, ``<col>_std`` (sample std, ddof
 Δm (:func:`lightning_sparse_mtl.mtl.delta_m.delta_m`, positive = better) is added per job as
 ``delta_m_vs_stl`` against single-task baselines (``--baselines``: results.json files, or folders whose dense
 single-task runs are averaged over seeds) and as ``delta_m_vs_dense`` against the mean over seeds of the same
-configuration at λ = 0 (when the sweep has it).
+configuration at λ = 0 (when the sweep has it; a target or peer arm's counterpart is the λ = 0 run of the same
+setting: :func:`~lightning_sparse_mtl.reporting.configurations.is_dense_run`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from scipy import stats
 
 from lightning_sparse_mtl.core.errors import UserError
 from lightning_sparse_mtl.mtl.delta_m import delta_m, is_metric_key
+from lightning_sparse_mtl.reporting.configurations import is_dense_run
 from lightning_sparse_mtl.reporting.metric_info import higher_is_better
 
 CI_LEVEL = 0.95
@@ -60,7 +62,7 @@ def _results_files(path: Path) -> list[tuple[Path, dict]]:
 
 def load_stl_baselines(paths: Sequence[str | os.PathLike]) -> dict[str, float]:
     """``{"test/<task>/<metric>": mean over the baseline runs}``. A file is used as given; a folder contributes
-    its dense (λ = 0) single-task runs (``config.tasks`` of length 1). UserError when a path is missing or nothing
+    its dense single-task runs (:func:`is_dense_run`, ``config.tasks`` of length 1). UserError when a path is missing or nothing
     usable is found."""
     values: dict[str, list[float]] = {}
     for raw in paths:
@@ -69,7 +71,7 @@ def load_stl_baselines(paths: Sequence[str | os.PathLike]) -> dict[str, float]:
             raise UserError(f"baseline path not found: {path}; give STL results.json files or their folder")
         for _, res in _results_files(path):
             tasks = (res.get("config") or {}).get("tasks") or []
-            if path.is_dir() and (res.get("lambda") not in (0, 0.0) or len(tasks) != 1):
+            if path.is_dir() and (not is_dense_run(res) or len(tasks) != 1):
                 continue
             for key, value in _metrics(res).items():
                 values.setdefault(key, []).append(value)
@@ -83,7 +85,7 @@ def add_delta_m(rows: list[dict[str, Any]], baselines: Mapping[str, float] | Non
     returns the Δm columns that got at least one value."""
     groups: dict[tuple, dict[str, list[float]]] = {}
     for row in rows:
-        if row.get("lambda") == 0 and row.get("_signature") is not None:
+        if row.get("_dense") and row.get("_signature") is not None:
             ref = groups.setdefault(row["_signature"], {})
             for key, value in _metrics(row).items():
                 ref.setdefault(key, []).append(value)
