@@ -62,8 +62,8 @@ def _results_files(path: Path) -> list[tuple[Path, dict]]:
 
 def load_stl_baselines(paths: Sequence[str | os.PathLike]) -> dict[str, float]:
     """``{"test/<task>/<metric>": mean over the baseline runs}``. A file is used as given; a folder contributes
-    its dense single-task runs (:func:`is_dense_run`, ``config.tasks`` of length 1). UserError when a path is missing or nothing
-    usable is found."""
+    its dense single-task runs (:func:`is_dense_run`, ``config.tasks`` of length 1). UserError when a path is
+    missing or nothing usable is found."""
     values: dict[str, list[float]] = {}
     for raw in paths:
         path = Path(raw).expanduser()
