@@ -124,14 +124,15 @@ def run_job(
     return wall
 
 
-def channel_usage(runs_dir: Path, out: Path, seeds: list[int]) -> Path | None:
-    """Jaccard overlaps of the sparse runs' kept channels (STL pairs and each STL vs MTL), table + heatmap."""
+def channel_usage(runs_dir: Path, out: Path, seeds: list[int], mode: str = "sparse") -> Path | None:
+    """Jaccard overlaps of the ``<task>_<mode>_s<seed>`` runs' kept channels (STL pairs and each STL vs MTL),
+    table + heatmap: ``channel_overlap.*`` (mode ``sparse``) or ``channel_overlap_<mode>.*``."""
     masks: dict[str, list] = {}
     label = {"seg": "seg", "depth": "depth", "normal": "normal", "mtl": "MTL"}
     for task in TASKS:
         per_seed = []
         for seed in seeds:
-            path = runs_dir / f"{task}_sparse_s{seed}" / "results.json"
+            path = runs_dir / f"{task}_{mode}_s{seed}" / "results.json"
             if not path.is_file():
                 break
             res = json.loads(path.read_text())
@@ -143,14 +144,15 @@ def channel_usage(runs_dir: Path, out: Path, seeds: list[int]) -> Path | None:
     if not pairs:
         return None
     table = overlap_table(masks, pairs)
-    table.to_csv(out / "channel_overlap.csv", index=False)
+    stem = "channel_overlap" if mode == "sparse" else f"channel_overlap_{mode}"
+    table.to_csv(out / f"{stem}.csv", index=False)
     head = (
         "# Kept encoder channels: Jaccard overlap between the sparse runs\n\nPer layer, |A ∩ B| / |A ∪ B| of the "
-        "input channels left non-zero; mean ± std over seeds (runs of the same seed are paired).\n\n"
+        f"input channels left non-zero ({mode} runs); mean ± std over seeds (runs of the same seed are paired).\n\n"
     )
-    (out / "channel_overlap.md").write_text(head + overlap_markdown(table) + "\n")
-    plot_overlap(table, out / "channel_overlap.png")
-    return out / "channel_overlap.md"
+    (out / f"{stem}.md").write_text(head + overlap_markdown(table) + "\n")
+    plot_overlap(table, out / f"{stem}.png")
+    return out / f"{stem}.md"
 
 
 def add_queue_arguments(parser: argparse.ArgumentParser) -> None:

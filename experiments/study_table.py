@@ -2,9 +2,12 @@
 
     python experiments/study_table.py [experiments/results/digits_study] [--out study_table.md]
 
-Rows: each task set (seg / depth / normal / MTL) × {dense, sparse}: n, group sparsity, MACs ratio, the main
-metric of each task and Δm vs the dense single-task runs, mean ± std over seeds. Below it, per task set and
-metric, sparse − dense with Welch's t-test over the seeds (is the difference beyond seed noise at p < 0.05?).
+Rows: each task set (seg / depth / normal / MTL) × mode × weighting: n, group sparsity, MACs ratio, the main
+metric of each task and Δm vs the dense single-task runs, mean ± std over seeds. Modes: ``dense`` (λ = 0, no target),
+``sparse`` (λ > 0: the 32 px study), ``input`` / ``coupled`` (``sparsity.groups``, with a target: the 48 px study).
+Below it, per task set, weighting and metric, each sparse mode − dense and coupled − input (equal MACs) with Welch's
+t-test over the seeds (is the difference beyond seed noise at p < 0.05?), and the weightings of the dense
+multi-task model against the study's.
 """
 
 from __future__ import annotations
@@ -25,12 +28,27 @@ METRICS = {"test/seg/miou": "seg mIoU ↑", "test/depth/abs_err": "depth abs ↓
 TASKS = {"[seg]": "seg", "[depth]": "depth", "[normal]": "normal", "[seg,depth,normal]": "MTL"}
 
 
+def mode_of(config: str, lam: float) -> str:
+    """``coupled`` / ``input`` (a grouping with a target), ``sparse`` (λ > 0) or ``dense`` from a job's config label."""
+    if "sparsity.groups=coupled" in config:
+        return "coupled"
+    if "sparsity.groups=input" in config or "sparsity.target=" in config or "sparsity.target_macs=" in config:
+        return "input"
+    return "sparse" if lam > 0 else "dense"
+
+
 def load(study: Path) -> pd.DataFrame:
-    """One row per finished job with ``task`` and ``mode`` (dense: λ = 0, sparse: λ > 0)."""
+    """One row per finished job with ``task``, ``mode`` (:func:`mode_of`) and ``weighting`` ("" when not set)."""
     df = pd.read_csv(study / "report.csv")
     df["task"] = df["config"].str.extract(r"tasks=(\[[^\]]*\])", expand=False).map(TASKS)
-    df["mode"] = (df["lambda"].astype(float) > 0).map({True: "sparse", False: "dense"})
+    df["mode"] = [mode_of(c, float(lam)) for c, lam in zip(df["config"], df["lambda"])]
+    df["weighting"] = df["config"].str.extract(r"weighting=(\w+)", expand=False).fillna("")
     return df
+
+
+def _groups(df: pd.DataFrame) -> list[tuple[str, str]]:
+    """(task, weighting) pairs present, task sets in TASKS order."""
+    return [(t, w) for t in TASKS.values() for w in sorted(df.loc[df.task == t, "weighting"].unique())]
 
 
 def mean_std(values: pd.Series, digits: int = 3) -> str:
@@ -41,39 +59,64 @@ def mean_std(values: pd.Series, digits: int = 3) -> str:
     return f"{mean} ± {values.std(ddof=1):.{digits}f}" if len(values) > 1 else mean
 
 
+MODES = ("dense", "sparse", "input", "coupled")
+
+
 def table(df: pd.DataFrame) -> str:
-    head = ["task set", "mode", "n", "group sparsity %", "MACs ratio", *METRICS.values(), "Δm vs STL dense %"]
+    weighted = bool(df["weighting"].any())
+    head = ["task set", *(["weighting"] if weighted else []), "mode", "n", "group sparsity %", "MACs ratio",
+            *METRICS.values(), "Δm vs STL dense %", "Δm vs dense %"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for task in TASKS.values():
-        for mode in ("dense", "sparse"):
-            part = df[(df.task == task) & (df["mode"] == mode)]
+    for task, weighting in _groups(df):
+        for mode in MODES:
+            part = df[(df.task == task) & (df.weighting == weighting) & (df["mode"] == mode)]
             if part.empty:
                 continue
-            cells = [task, mode, str(len(part)), mean_std(part["group_sparsity_%"], 1),
-                     mean_std(part["macs_ratio"], 2) if mode == "sparse" else "1",
+            cells = [task, *([weighting] if weighted else []), mode, str(len(part)),
+                     mean_std(part["group_sparsity_%"], 1),
+                     mean_std(part["macs_ratio"], 2) if mode != "dense" else "1",
                      *(mean_std(part[k]) if k in part else "–" for k in METRICS),
-                     mean_std(part["delta_m_vs_stl"], 2)]  # fmt: skip
+                     mean_std(part["delta_m_vs_stl"], 2),
+                     mean_std(part["delta_m_vs_dense"], 2) if mode != "dense" else "0"]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def tests(df: pd.DataFrame) -> str:
-    """Sparse − dense per task set and metric (sign: + = sparse better), Welch's t-test over seeds."""
-    lines = ["| task set | metric | dense | sparse | sparse better by | p (Welch) | beyond seed noise? |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for task in TASKS.values():
-        for key, name in METRICS.items():
-            dense = df[(df.task == task) & (df["mode"] == "dense")].get(key, pd.Series(dtype=float)).dropna()
-            sparse = df[(df.task == task) & (df["mode"] == "sparse")].get(key, pd.Series(dtype=float)).dropna()
-            if len(dense) < 2 or len(sparse) < 2:
-                continue
-            sign = 1.0 if higher_is_better(key) else -1.0
-            gain = sign * (sparse.mean() - dense.mean()) / abs(dense.mean()) * 100
-            p = stats.ttest_ind(sparse, dense, equal_var=False).pvalue
-            verdict = ("yes, sparse better" if gain > 0 else "yes, sparse worse") if p < 0.05 else "no"
-            lines.append(f"| {task} | {name} | {mean_std(dense)} | {mean_std(sparse)} | {gain:+.2f}% | {p:.3f} | "
-                         f"{verdict} |")  # fmt: skip
-    return "\n".join(lines)
+def welch_row(label: str, name: str, key: str, base: pd.Series, other: pd.Series, names: tuple[str, str]) -> str:
+    """One test line: ``other`` − ``base`` (+ = ``other`` better), Welch's t over seeds; "" when n < 2."""
+    base, other = base.dropna(), other.dropna()
+    if len(base) < 2 or len(other) < 2:
+        return ""
+    sign = 1.0 if higher_is_better(key) else -1.0
+    gain = sign * (other.mean() - base.mean()) / abs(base.mean()) * 100
+    p = stats.ttest_ind(other, base, equal_var=False).pvalue
+    verdict = (f"yes, {names[1]} better" if gain > 0 else f"yes, {names[1]} worse") if p < 0.05 else "no"
+    return (f"| {label} | {names[1]} vs {names[0]} | {name} | {mean_std(base)} | {mean_std(other)} | {gain:+.2f}% | "
+            f"{p:.3f} | {verdict} |")  # fmt: skip
+
+
+def tests(df: pd.DataFrame, study_weighting: str | None = None) -> str:
+    """Per task set (and weighting) and metric: each sparse mode vs dense, coupled vs input; then the dense
+    multi-task weightings vs ``study_weighting``. Sign: + = the second named better; Welch's t-test over seeds."""
+    lines = ["| task set | comparison | metric | first | second | second better by | p (Welch) | beyond seed noise? |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    pairs = [("dense", "sparse"), ("dense", "input"), ("dense", "coupled"), ("input", "coupled")]
+    for task, weighting in _groups(df):
+        label = f"{task} ({weighting})" if weighting and task == "MTL" else task
+        for base, other in pairs:
+            for key, name in METRICS.items():
+                part = df[(df.task == task) & (df.weighting == weighting)]
+                series = {m: part[part["mode"] == m].get(key, pd.Series(dtype=float)) for m in (base, other)}
+                lines.append(welch_row(label, name, key, series[base], series[other], (base, other)))
+    mtl_dense = df[(df.task == "MTL") & (df["mode"] == "dense")]
+    if study_weighting:
+        for other in sorted(w for w in mtl_dense.weighting.unique() if w and w != study_weighting):
+            for key, name in METRICS.items():
+                series = {w: mtl_dense[mtl_dense.weighting == w].get(key, pd.Series(dtype=float))
+                          for w in (study_weighting, other)}  # fmt: skip
+                lines.append(welch_row("MTL dense", name, key, series[study_weighting], series[other],
+                                       (study_weighting, other)))  # fmt: skip
+    return "\n".join(line for line in lines if line)
 
 
 def main(argv: list[str] | None = None) -> None:

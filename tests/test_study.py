@@ -97,3 +97,52 @@ def test_channel_overlap_closed_form(tmp_path: Path) -> None:
     assert_png(tmp_path / "overlap.png")
     assert_pdf(tmp_path / "overlap.pdf")
     json.dumps(table.to_dict("records"))  # plain values
+
+
+def load_script(name: str):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "experiments"))
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_study_48_queue_sets_the_coupled_budget_from_the_input_runs(tmp_path: Path) -> None:
+    """Weighting measurement first (the study's weighting = its MTL dense runs), then per task set dense, input
+    (target 0.7), coupled at the mean MACs fraction the input runs reached — waiting (None) until all are done."""
+    study = load_script("digits_study_48")
+    runs = tmp_path / "runs"
+    todo = study.jobs(runs, [0, 1, 2], list(study.TASKS), "uncertainty")
+    names = [n for n, _ in todo]
+    assert len(todo) == len(set(names)) == 9 + 3 * 3 * 3 + 2 * 3  # weighting 9 (3 are MTL dense), then 4 x 3 x 3
+    assert names[:3] == ["mtl_dense_s0", "mtl_dense_fixed_s0", "mtl_dense_dwa_s0"]
+    over = dict(todo)
+    assert over["mtl_dense_s1"] == ["tasks=[seg,depth,normal]", "weighting=uncertainty", "lambda=0", "seed=1"]
+    assert over["seg_input_s2"] == ["tasks=[seg]", "weighting=fixed", "sparsity.groups=input", "sparsity.target=0.7",
+                                    "seed=2"]  # fmt: skip
+    assert over["seg_coupled_s0"] is None  # its budget is not known yet
+    for seed, fraction in ((0, 0.30), (1, 0.40)):
+        job = runs / f"seg_input_s{seed}"
+        job.mkdir(parents=True)
+        (job / "results.json").write_text(json.dumps({"pruned/macs": fraction * 1000, "dense/macs": 1000}))
+    assert dict(study.jobs(runs, [0, 1, 2], ["seg"], "uncertainty"))["seg_coupled_s0"] is None  # seed 2 missing
+    over = dict(study.jobs(runs, [0, 1], ["seg"], "uncertainty"))
+    assert over["seg_coupled_s1"] == ["tasks=[seg]", "weighting=fixed", "sparsity.groups=coupled",
+                                      "sparsity.target_macs=0.35", "seed=1"]  # fmt: skip
+    assert not any(n.startswith("mtl") for n in over)
+
+
+def test_study_table_modes_and_welch_lines() -> None:
+    import pandas as pd
+
+    table = load_script("study_table")
+    assert table.mode_of("tasks=[seg],sparsity.groups=coupled,sparsity.target_macs=0.3", 0.0) == "coupled"
+    assert table.mode_of("tasks=[seg],sparsity.groups=input,sparsity.target=0.7", 0.0) == "input"
+    assert table.mode_of("tasks=[seg],lambda=4e-05", 4e-5) == "sparse"
+    assert table.mode_of("tasks=[seg],lambda=0", 0.0) == "dense"
+    base, other = pd.Series([1.0, 1.1, 0.9]), pd.Series([2.0, 2.1, 1.9])
+    line = table.welch_row("MTL", "depth abs ↓", "test/depth/abs_err", base, other, ("dense", "input"))
+    assert "input vs dense" in line and "-100.00%" in line and "yes, input worse" in line  # lower is better
+    assert table.welch_row("MTL", "x", "test/depth/abs_err", base[:1], other, ("a", "b")) == ""  # n < 2: no test
