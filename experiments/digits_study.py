@@ -166,6 +166,21 @@ def add_queue_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="extra train overrides for every job (e.g. trainer.max_epochs=3)")
 
 
+def add_study_arguments(parser: argparse.ArgumentParser, out: Path) -> None:
+    """``--out`` (default ``out``), ``--seeds`` and ``--tasks``: the options of a task-set study queue."""
+    parser.add_argument("--out", default=str(out))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+
+
+def record_job(log_path: Path, log: dict, name: str, overrides: list[str], wall: float) -> None:
+    """Add a finished job to ``study.json`` (merged with what another instance may have written meanwhile)."""
+    if log_path.is_file():
+        log["jobs"] = {**json.loads(log_path.read_text())["jobs"], **log["jobs"]}
+    log["jobs"][name] = {"overrides": overrides, "wall_s": wall}
+    log_path.write_text(json.dumps(log, indent=2))
+
+
 def select_jobs(todo: list[tuple[str, list[str]]], only: list[str] | None) -> list[tuple[str, list[str]]]:
     """The queue, or just the jobs named in ``only`` in that order (an unknown name is an error)."""
     if not only:
@@ -179,9 +194,7 @@ def select_jobs(todo: list[tuple[str, list[str]]], only: list[str] | None) -> li
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=str(ROOT / "experiments" / "results" / "digits_study"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    add_study_arguments(parser, ROOT / "experiments" / "results" / "digits_study")
     parser.add_argument("--lambda", dest="lam", default=None, help="sparse λ (default: the preset's)")
     add_queue_arguments(parser)
     args = parser.parse_args(argv)
@@ -208,10 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[{i + 1}/{len(todo)}] {name}: {status}", flush=True)
         if wall is not None:
             ran += 1
-            if log_path.is_file():  # another instance (other --tasks) may have written meanwhile
-                log["jobs"] = {**json.loads(log_path.read_text())["jobs"], **log["jobs"]}
-            log["jobs"][name] = {"overrides": overrides, "wall_s": wall}
-            log_path.write_text(json.dumps(log, indent=2))
+            record_job(log_path, log, name, overrides, wall)
     if not runs_dir.is_dir():
         print("no finished job yet")
         return

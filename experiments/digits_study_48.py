@@ -28,7 +28,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from digits_study import TASKS, TINY, add_queue_arguments, channel_usage, run_job, select_jobs  # noqa: E402
+from digits_study import (  # noqa: E402
+    TASKS,
+    TINY,
+    add_queue_arguments,
+    add_study_arguments,
+    channel_usage,
+    record_job,
+    run_job,
+    select_jobs,
+)
 
 EXPERIMENT = "digits_study_48"
 WEIGHTINGS = ("uncertainty", "fixed", "dwa")
@@ -101,9 +110,7 @@ def report(out: Path, seeds: list[int]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=str(ROOT / "experiments" / "results" / "digits_study_48"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    add_study_arguments(parser, ROOT / "experiments" / "results" / "digits_study_48")
     parser.add_argument("--weighting", default="uncertainty", choices=WEIGHTINGS, help="the study's MTL weighting")
     add_queue_arguments(parser)
     args = parser.parse_args(argv)
@@ -136,10 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         if wall is None:
             break  # another instance runs it; leave the rest of the queue to that instance
         ran += 1
-        if log_path.is_file():
-            log["jobs"] = {**json.loads(log_path.read_text())["jobs"], **log["jobs"]}
-        log["jobs"][name] = {"overrides": overrides, "wall_s": wall}
-        log_path.write_text(json.dumps(log, indent=2))
+        record_job(log_path, log, name, overrides, wall)
     if runs_dir.is_dir():
         report(out, args.seeds)
     else:
