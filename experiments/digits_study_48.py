@@ -42,7 +42,7 @@ from digits_study import (  # noqa: E402
 EXPERIMENT = "digits_study_48"
 WEIGHTINGS = ("uncertainty", "fixed", "dwa")
 INPUT_TARGET = "0.7"  # the seed's ~70% of its (input) groups
-TINY_48 = [*TINY, "sparsity.target_epoch=1", "sparsity.target_every=1"]
+TINY_48 = [*TINY, "sparsity.target_epoch=1", "sparsity.target_every=1", "sparsity.target_lambda_init=1e-2"]
 
 
 def _tasks(task: str, weighting: str) -> list[str]:
@@ -58,8 +58,13 @@ def input_macs_fraction(runs_dir: Path, task: str, seeds: list[int]) -> float | 
         if not path.is_file():
             return None
         res = json.loads(path.read_text())
-        fractions.append(res["pruned/macs"] / res["dense/macs"])
-    return round(sum(fractions) / len(fractions), 3)
+        removed = "pruned/macs" in res and "dense/macs" in res  # absent: no channel was removable
+        fractions.append(res["pruned/macs"] / res["dense/macs"] if removed else 1.0)
+    mean = round(sum(fractions) / len(fractions), 3)
+    if not 0 < mean < 1:
+        raise SystemExit(f"error: the {task}_input runs removed no MACs (mean fraction {mean}): no budget for the "
+                         "coupled arm; check those runs' sparsity (sparsity.target, epochs)")  # fmt: skip
+    return mean
 
 
 def jobs(runs_dir: Path, seeds: list[int], tasks: list[str], weighting: str) -> list[tuple[str, list[str] | None]]:
