@@ -11,7 +11,13 @@ from pathlib import Path
 from mkdocs.structure.files import File
 
 RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results"
-FIGURES = ("targets/lambda_trajectory.png", "digits_sweep/tradeoff.png", "digits_study/pareto.png", "peers/pareto.png")
+FIGURES = (
+    "targets/lambda_trajectory.png",
+    "digits_sweep/tradeoff.png",
+    "digits_study/pareto.png",
+    "peers/pareto.png",
+    "peers/curves.png",
+)
 
 
 def on_files(files, config):
