@@ -146,3 +146,28 @@ def test_study_table_modes_and_welch_lines() -> None:
     line = table.welch_row("MTL", "depth abs ↓", "test/depth/abs_err", base, other, ("dense", "input"))
     assert "input vs dense" in line and "-100.00%" in line and "yes, input worse" in line  # lower is better
     assert table.welch_row("MTL", "x", "test/depth/abs_err", base[:1], other, ("a", "b")) == ""  # n < 2: no test
+
+
+def test_task_gradient_table_from_metrics_csv(tmp_path: Path) -> None:
+    """Per-epoch means of the probe's columns (``_epoch`` preferred to ``_step``) and the loss scales, one row per
+    weighting and epoch (first, last), mean ± std over seeds; nothing written without probe columns."""
+    tg = load_script("task_gradient_table")
+    runs = tmp_path / "runs"
+    for seed, cos in ((0, -0.2), (1, 0.0)):
+        job = runs / f"mtl_dense_s{seed}"
+        (job / "csv").mkdir(parents=True)
+        (job / "results.json").write_text(json.dumps({"config": {"seed": seed, "weighting": {"name": "fixed"}}}))
+        lines = ["epoch,step,task_grad/a~b/cos_step,task_grad/a~b/cos_epoch,train/a/loss,train/loss",
+                 f"0,1,{cos - 0.1},,2.0,3.0", f"0,2,{cos + 0.1},,4.0,5.0", f"0,2,,{cos},,",
+                 "1,3,0.5,,1.0,1.5", "1,3,,0.5,,"]  # fmt: skip
+        (job / "csv" / "metrics.csv").write_text("\n".join(lines) + "\n")
+    per_epoch = tg.epoch_means(runs / "mtl_dense_s0" / "csv" / "metrics.csv")
+    assert per_epoch.loc[0, "task_grad/a~b/cos"] == pytest.approx(-0.2)  # the _epoch value, not the step mean
+    assert per_epoch.loc[0, "train/a/loss"] == pytest.approx(3.0)
+    out = tg.write_task_gradient_table(runs, tmp_path / "tg.md")
+    text = out.read_text()
+    assert "| fixed | 0 | 2 | -0.1 ± 0.14 | 3 ± 0 |" in text and "| fixed | 1 | 2 | 0.5 ± 0 | 1 ± 0 |" in text
+    assert (tmp_path / "tg.csv").is_file()
+    empty = tmp_path / "none"
+    (empty / "mtl_dense_s0" / "csv").mkdir(parents=True)
+    assert tg.write_task_gradient_table(empty, tmp_path / "x.md") is None

@@ -85,7 +85,8 @@ def setting(config: Mapping[str, Any], run_dirs: Sequence[str]) -> dict[str, Any
 
 
 def _sparsifying(key: str) -> bool:
-    return key in SPARSIFYING_KEYS or key.startswith("method.")
+    """λ, a target and the keys that only tune it (``sparsity.target_*``), the grouping, the method."""
+    return key in SPARSIFYING_KEYS or key.startswith(("method.", "sparsity.target"))
 
 
 def _fmt(value: Any) -> str:
