@@ -124,15 +124,18 @@ def run_job(
     return wall
 
 
-def channel_usage(runs_dir: Path, out: Path, seeds: list[int], mode: str = "sparse") -> Path | None:
-    """Jaccard overlaps of the ``<task>_<mode>_s<seed>`` runs' kept channels (STL pairs and each STL vs MTL),
-    table + heatmap: ``channel_overlap.*`` (mode ``sparse``) or ``channel_overlap_<mode>.*``."""
+def channel_usage(
+    runs_dir: Path, out: Path, seeds: list[int], mode: str = "sparse", prefixes: dict[str, str] | None = None
+) -> Path | None:
+    """Jaccard overlaps of the ``<prefix>_<mode>_s<seed>`` runs' kept channels (STL pairs and each STL vs MTL;
+    ``prefixes``: task set -> job-name prefix, default the task set), table + heatmap: ``channel_overlap.*``
+    (mode ``sparse``) or ``channel_overlap_<mode>.*``."""
     masks: dict[str, list] = {}
     label = {"seg": "seg", "depth": "depth", "normal": "normal", "mtl": "MTL"}
     for task in TASKS:
         per_seed = []
         for seed in seeds:
-            path = runs_dir / f"{task}_{mode}_s{seed}" / "results.json"
+            path = runs_dir / f"{(prefixes or {}).get(task, task)}_{mode}_s{seed}" / "results.json"
             if not path.is_file():
                 break
             res = json.loads(path.read_text())

@@ -49,8 +49,15 @@ def _tasks(task: str, weighting: str) -> list[str]:
     return [f"tasks={TASKS[task]}", f"weighting={weighting if task == 'mtl' else 'fixed'}"]
 
 
+def label(task: str, weighting: str) -> str:
+    """Job-name prefix: the task set, and for multi-task its weighting (a finished ``mtl_fixed_dense_s0`` is never
+    mistaken for the same job under another weighting)."""
+    return f"mtl_{weighting}" if task == "mtl" else task
+
+
 def input_macs_fraction(runs_dir: Path, task: str, seeds: list[int]) -> float | None:
-    """Mean pruned/dense MACs of ``<task>_input_s<seed>`` over ``seeds``, rounded to 3 decimals; None until all of
+    """Mean pruned/dense MACs of ``<task>_input_s<seed>`` (``task``: a job-name prefix) over ``seeds``, rounded to
+    3 decimals; None until all of
     them are finished (the coupled arm of that task set is then set to the same budget)."""
     fractions = []
     for seed in seeds:
@@ -72,26 +79,26 @@ def jobs(runs_dir: Path, seeds: list[int], tasks: list[str], weighting: str) -> 
     out: list[tuple[str, list[str] | None]] = []
     if "mtl" in tasks:  # the weighting measurement first: it decides the study's multi-task weighting
         for seed in seeds:
-            out.append((f"mtl_dense_s{seed}", [*_tasks("mtl", weighting), "lambda=0", f"seed={seed}"]))
-            for other in (w for w in WEIGHTINGS if w != weighting):
-                out.append((f"mtl_dense_{other}_s{seed}", [*_tasks("mtl", other), "lambda=0", f"seed={seed}"]))
+            for w in (weighting, *(w for w in WEIGHTINGS if w != weighting)):
+                out.append((f"{label('mtl', w)}_dense_s{seed}", [*_tasks("mtl", w), "lambda=0", f"seed={seed}"]))
     for task in tasks:
         base = _tasks(task, weighting)
-        macs = input_macs_fraction(runs_dir, task, seeds)
+        macs = input_macs_fraction(runs_dir, label(task, weighting), seeds)
         for mode, arm in (
             ("dense", ["lambda=0"]),
             ("input", ["sparsity.groups=input", f"sparsity.target={INPUT_TARGET}"]),
             ("coupled", None if macs is None else ["sparsity.groups=coupled", f"sparsity.target_macs={macs}"]),
         ):
             for seed in seeds:
-                out.append((f"{task}_{mode}_s{seed}", None if arm is None else [*base, *arm, f"seed={seed}"]))
+                name = f"{label(task, weighting)}_{mode}_s{seed}"
+                out.append((name, None if arm is None else [*base, *arm, f"seed={seed}"]))
     unique: dict[str, list[str] | None] = {}
     for name, overrides in out:
         unique.setdefault(name, overrides)
     return list(unique.items())
 
 
-def report(out: Path, seeds: list[int]) -> None:
+def report(out: Path, seeds: list[int], weighting: str) -> None:
     """``report``'s files, the study table with its Welch tests, channel overlaps, the task-gradient table."""
     from study_table import load, table, tests
 
@@ -101,9 +108,9 @@ def report(out: Path, seeds: list[int]) -> None:
     result = write_report(runs_dir, out, baselines=[runs_dir])
     print(f"report: {len(result['rows'])} run(s), {len(result['summary'])} configuration(s) -> {out}/summary.md")
     df = load(out)
-    (out / "study_table.md").write_text(table(df) + "\n\n" + tests(df) + "\n")
+    (out / "study_table.md").write_text(table(df) + "\n\n" + tests(df, weighting) + "\n")
     for mode in ("input", "coupled"):
-        usage = channel_usage(runs_dir, out, seeds, mode=mode)
+        usage = channel_usage(runs_dir, out, seeds, mode=mode, prefixes={"mtl": label("mtl", weighting)})
         if usage:
             print(f"channel usage ({mode}) -> {usage}")
     from task_gradient_table import write_task_gradient_table
@@ -150,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         ran += 1
         record_job(log_path, log, name, overrides, wall)
     if runs_dir.is_dir():
-        report(out, args.seeds)
+        report(out, args.seeds, args.weighting)
     else:
         print("no finished job yet")
 

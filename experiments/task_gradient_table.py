@@ -2,7 +2,7 @@
 
     python experiments/task_gradient_table.py experiments/results/digits_study_48/runs [--out task_gradients.md]
 
-Reads each ``mtl_dense*`` job's ``csv/metrics.csv``: the ``task_grad/*`` columns that
+Reads each ``mtl_<weighting>_dense_s<seed>`` job's ``csv/metrics.csv``: the ``task_grad/*`` columns that
 ``lightning_sparse_mtl.training.task_gradients.TaskGradientProbe`` logs (per-task gradient norms on the shared
 encoder, pairwise cosines, the fraction of conflicting pairs), the training losses and the weighting's task
 weights. One row per weighting and epoch (first and last), mean ± std over seeds.
@@ -35,7 +35,7 @@ def epoch_means(metrics_csv: Path) -> pd.DataFrame:
 def collect(runs_dir: Path) -> pd.DataFrame:
     """One row per (job, epoch): ``weighting``, ``seed``, ``epoch`` and the per-epoch means."""
     frames = []
-    for job in sorted(runs_dir.glob("mtl_dense*")):
+    for job in sorted(runs_dir.glob("mtl_*dense_s*")):
         metrics, results = job / "csv" / "metrics.csv", job / "results.json"
         if not (metrics.is_file() and results.is_file()):
             continue

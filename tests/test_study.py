@@ -117,9 +117,11 @@ def test_study_48_queue_sets_the_coupled_budget_from_the_input_runs(tmp_path: Pa
     todo = study.jobs(runs, [0, 1, 2], list(study.TASKS), "uncertainty")
     names = [n for n, _ in todo]
     assert len(todo) == len(set(names)) == 9 + 3 * 3 * 3 + 2 * 3  # weighting 9 (3 are MTL dense), then 4 x 3 x 3
-    assert names[:3] == ["mtl_dense_s0", "mtl_dense_fixed_s0", "mtl_dense_dwa_s0"]
+    assert names[:3] == ["mtl_uncertainty_dense_s0", "mtl_fixed_dense_s0", "mtl_dwa_dense_s0"]
+    assert "mtl_uncertainty_coupled_s2" in names and "mtl_fixed_input_s0" not in names
     over = dict(todo)
-    assert over["mtl_dense_s1"] == ["tasks=[seg,depth,normal]", "weighting=uncertainty", "lambda=0", "seed=1"]
+    mtl = ["tasks=[seg,depth,normal]", "weighting=uncertainty"]
+    assert over["mtl_uncertainty_dense_s1"] == [*mtl, "lambda=0", "seed=1"]
     assert over["seg_input_s2"] == ["tasks=[seg]", "weighting=fixed", "sparsity.groups=input", "sparsity.target=0.7",
                                     "seed=2"]  # fmt: skip
     assert over["seg_coupled_s0"] is None  # its budget is not known yet
@@ -154,14 +156,14 @@ def test_task_gradient_table_from_metrics_csv(tmp_path: Path) -> None:
     tg = load_script("task_gradient_table")
     runs = tmp_path / "runs"
     for seed, cos in ((0, -0.2), (1, 0.0)):
-        job = runs / f"mtl_dense_s{seed}"
+        job = runs / f"mtl_fixed_dense_s{seed}"
         (job / "csv").mkdir(parents=True)
         (job / "results.json").write_text(json.dumps({"config": {"seed": seed, "weighting": {"name": "fixed"}}}))
         lines = ["epoch,step,task_grad/a~b/cos_step,task_grad/a~b/cos_epoch,train/a/loss,train/loss",
                  f"0,1,{cos - 0.1},,2.0,3.0", f"0,2,{cos + 0.1},,4.0,5.0", f"0,2,,{cos},,",
                  "1,3,0.5,,1.0,1.5", "1,3,,0.5,,"]  # fmt: skip
         (job / "csv" / "metrics.csv").write_text("\n".join(lines) + "\n")
-    per_epoch = tg.epoch_means(runs / "mtl_dense_s0" / "csv" / "metrics.csv")
+    per_epoch = tg.epoch_means(runs / "mtl_fixed_dense_s0" / "csv" / "metrics.csv")
     assert per_epoch.loc[0, "task_grad/a~b/cos"] == pytest.approx(-0.2)  # the _epoch value, not the step mean
     assert per_epoch.loc[0, "train/a/loss"] == pytest.approx(3.0)
     out = tg.write_task_gradient_table(runs, tmp_path / "tg.md")
@@ -169,5 +171,5 @@ def test_task_gradient_table_from_metrics_csv(tmp_path: Path) -> None:
     assert "| fixed | 0 | 2 | -0.1 ± 0.14 | 3 ± 0 |" in text and "| fixed | 1 | 2 | 0.5 ± 0 | 1 ± 0 |" in text
     assert (tmp_path / "tg.csv").is_file()
     empty = tmp_path / "none"
-    (empty / "mtl_dense_s0" / "csv").mkdir(parents=True)
+    (empty / "mtl_fixed_dense_s0" / "csv").mkdir(parents=True)
     assert tg.write_task_gradient_table(empty, tmp_path / "x.md") is None
