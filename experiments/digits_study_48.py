@@ -57,8 +57,7 @@ def label(task: str, weighting: str) -> str:
 
 def input_macs_fraction(runs_dir: Path, task: str, seeds: list[int]) -> float | None:
     """Mean pruned/dense MACs of ``<task>_input_s<seed>`` (``task``: a job-name prefix) over ``seeds``, rounded to
-    3 decimals; None until all of
-    them are finished (the coupled arm of that task set is then set to the same budget)."""
+    3 decimals; None until all of them are finished (the coupled arm of that task set is then set to that budget)."""
     fractions = []
     for seed in seeds:
         path = runs_dir / f"{task}_input_s{seed}" / "results.json"
