@@ -99,21 +99,41 @@ def held_elsewhere(run_dir: Path) -> bool:
     return False
 
 
+def finished(run_dir: Path, wanted: list[str]) -> bool:
+    """True when ``run_dir`` holds ``results.json`` of a run with the ``wanted`` overrides; a finished run with
+    other overrides (a changed queue, another coupled budget) is an error, never silently reused."""
+    if not (run_dir / "results.json").is_file():
+        return False
+    recorded = run_dir / ".hydra" / "overrides.yaml"
+    if recorded.is_file():
+        import yaml
+
+        had = {o for o in yaml.safe_load(recorded.read_text()) or [] if not o.startswith(("ckpt_path=", "hydra."))}
+        if had != set(wanted):
+            raise RuntimeError(
+                f"job {run_dir.name} finished with other overrides ({sorted(had - set(wanted))} instead of "
+                f"{sorted(set(wanted) - had)}): move {run_dir} away to rerun it, or run the queue it belongs to"
+            )
+    return True
+
+
 def run_job(
     run_dir: Path, overrides: list[str], extra: list[str], lock: str | None, experiment: str = "digits_study"
 ) -> float | None:
     """Run one job (``experiment=<experiment>``) unless finished; returns its wall time (None when skipped).
-    Raises on a failed job."""
-    if (run_dir / "results.json").is_file() or held_elsewhere(run_dir):
+    Raises on a failed job. Checked again once ``lock`` is held: another instance may have run it meanwhile."""
+    wanted = [f"experiment={experiment}", *extra, *overrides]
+    if finished(run_dir, wanted) or held_elsewhere(run_dir):
         return None
-    if run_dir.exists():  # killed mid-run: start it again from scratch
-        shutil.rmtree(run_dir)
-    cmd = [sys.executable, "-m", "lightning_sparse_mtl.train", f"experiment={experiment}", *extra, *overrides,
-           f"hydra.run.dir={run_dir}"]  # fmt: skip
+    cmd = [sys.executable, "-m", "lightning_sparse_mtl.train", *wanted, f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     # the job's output goes to a file, not a pipe, in its own session: a driver killed mid-job leaves the job to
     # finish (a pipe would break its last prints and fail it after training)
     with maybe_lock(lock), tempfile.NamedTemporaryFile("w+", prefix=f"lsmtl-{run_dir.name}-", suffix=".log") as log:
+        if finished(run_dir, wanted) or held_elsewhere(run_dir):
+            return None
+        if run_dir.exists():  # killed mid-run: start it again from scratch
+            shutil.rmtree(run_dir)
         start = time.perf_counter()
         code = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wall = time.perf_counter() - start

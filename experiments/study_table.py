@@ -13,6 +13,7 @@ multi-task model against the study's.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -29,12 +30,17 @@ TASKS = {"[seg]": "seg", "[depth]": "depth", "[normal]": "normal", "[seg,depth,n
 
 
 def mode_of(config: str, lam: float) -> str:
-    """``coupled`` / ``input`` (a grouping with a target), ``sparse`` (λ > 0) or ``dense`` from a job's config label."""
-    if "sparsity.groups=coupled" in config:
+    """From a job's config label and λ: a peer's ``method`` name, ``dense`` (λ = 0 and no target), ``coupled`` /
+    ``input`` (the grouping of a sparse run) or ``sparse`` (λ > 0 with the default grouping, the 32 px study)."""
+    method = re.search(r"method=(\w+)", config)
+    if method and method.group(1) not in ("group_lasso", "group_lasso_coupled"):
+        return method.group(1)
+    targeted = "sparsity.target=" in config or "sparsity.target_macs=" in config
+    if not targeted and not lam > 0:  # λ = 0 (a NaN λ is not a sparse run either)
+        return "dense"
+    if "sparsity.groups=coupled" in config or (method and method.group(1) == "group_lasso_coupled"):
         return "coupled"
-    if "sparsity.groups=input" in config or "sparsity.target=" in config or "sparsity.target_macs=" in config:
-        return "input"
-    return "sparse" if lam > 0 else "dense"
+    return "input" if targeted or "sparsity.groups=input" in config else "sparse"
 
 
 def load(study: Path) -> pd.DataFrame:
@@ -72,12 +78,17 @@ def table(df: pd.DataFrame) -> str:
             part = df[(df.task == task) & (df.weighting == weighting) & (df["mode"] == mode)]
             if part.empty:
                 continue
-            cells = [task, *([weighting] if weighted else []), mode, str(len(part)),
-                     mean_std(part["group_sparsity_%"], 1),
-                     mean_std(part["macs_ratio"], 2) if mode != "dense" else "1",
-                     *(mean_std(part[k]) if k in part else "–" for k in METRICS),
-                     mean_std(part["delta_m_vs_stl"], 2),
-                     mean_std(part["delta_m_vs_dense"], 2) if mode != "dense" else "0"]  # fmt: skip
+            cells = [
+                task,
+                *([weighting] if weighted else []),
+                mode,
+                str(len(part)),
+                mean_std(part["group_sparsity_%"], 1),
+                mean_std(part["macs_ratio"], 2) if mode != "dense" else "1",
+                *(mean_std(part[k]) if k in part else "–" for k in METRICS),
+                mean_std(part.get("delta_m_vs_stl", pd.Series(dtype=float)), 2),
+                mean_std(part.get("delta_m_vs_dense", pd.Series(dtype=float)), 2) if mode != "dense" else "0",
+            ]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

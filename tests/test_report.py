@@ -291,3 +291,20 @@ def test_zero_in_the_dense_reference_leaves_that_metric_out_of_delta_m(tmp_path:
     rows = {r["lambda"]: r for r in out["rows"]}
     assert rows[1e-3]["delta_m_vs_dense"] == pytest.approx((0.4 - 0.5) / 0.5 * 100)  # seg miou alone
     assert "leaves out test/depth/abs_err" in capsys.readouterr().out
+
+
+def test_is_dense_run_edge_cases() -> None:
+    """λ from the results else the config; a bool or missing λ, a peer method (string or mapping), a target, or the
+    controller's results key is not dense; malformed config sections do not crash the report."""
+    from lightning_sparse_mtl.reporting.configurations import is_dense_run
+
+    assert is_dense_run({"lambda": 0}) and is_dense_run({"lambda": None, "config": {"lambda": 0.0}})
+    assert not is_dense_run({"lambda": False}) and not is_dense_run({}) and not is_dense_run({"lambda": 1e-4})
+    assert not is_dense_run({"lambda": 0, "config": {"method": "tp_magnitude"}})
+    assert not is_dense_run({"lambda": 0, "config": {"method": {"name": "tp_group_norm"}}})
+    assert is_dense_run({"lambda": 0, "config": {"method": {"name": "group_lasso_coupled"}}})
+    assert not is_dense_run({"lambda": 0, "config": {"sparsity": {"target_macs": 0.3}}})
+    assert not is_dense_run({"lambda": 0, "sparsity/target": {"target": 0.7}})
+    assert is_dense_run({"lambda": 0, "config": "not a mapping"}) and is_dense_run(
+        {"lambda": 0, "config": {"sparsity": 1}}
+    )

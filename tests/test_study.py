@@ -51,6 +51,22 @@ def test_study_jobs_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert calls[0][-3:] == ["x=1", "seed=0", f"hydra.run.dir={partial}"]
 
 
+def test_a_finished_job_with_other_overrides_is_an_error_not_reused(tmp_path: Path, monkeypatch) -> None:
+    """A run dir finished under other overrides (another coupled budget, a changed queue) is never taken as this
+    job's result; the same overrides in another order, or a resume's ckpt_path, are the same job."""
+    study = load_study()
+    job = tmp_path / "seg_coupled_s0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / "results.json").write_text("{}")
+    (job / ".hydra" / "overrides.yaml").write_text(
+        "- experiment=digits_study_48\n- sparsity.target_macs=0.3\n- seed=0\n- ckpt_path=/x/last.ckpt\n"
+    )
+    monkeypatch.setattr(study.subprocess, "run", lambda *a, **k: pytest.fail("ran a finished job"))
+    assert study.run_job(job, ["seed=0", "sparsity.target_macs=0.3"], [], None, "digits_study_48") is None
+    with pytest.raises(RuntimeError, match=r"seg_coupled_s0 finished with other overrides .*target_macs=0.3.*move"):
+        study.run_job(job, ["sparsity.target_macs=0.35", "seed=0"], [], None, "digits_study_48")
+
+
 def test_study_leaves_a_job_locked_by_a_live_training_to_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import fcntl
 
@@ -144,6 +160,9 @@ def test_study_table_modes_and_welch_lines() -> None:
     assert table.mode_of("tasks=[seg],sparsity.groups=input,sparsity.target=0.7", 0.0) == "input"
     assert table.mode_of("tasks=[seg],lambda=4e-05", 4e-5) == "sparse"
     assert table.mode_of("tasks=[seg],lambda=0", 0.0) == "dense"
+    assert table.mode_of("tasks=[seg],sparsity.groups=coupled,lambda=0", 0.0) == "dense"  # no target, λ = 0
+    assert table.mode_of("method=tp_magnitude,sparsity.target_macs=0.25", 0.0) == "tp_magnitude"
+    assert table.mode_of("tasks=[seg],lambda=nan", float("nan")) == "dense"
     base, other = pd.Series([1.0, 1.1, 0.9]), pd.Series([2.0, 2.1, 1.9])
     line = table.welch_row("MTL", "depth abs ↓", "test/depth/abs_err", base, other, ("dense", "input"))
     assert "input vs dense" in line and "-100.00%" in line and "yes, input worse" in line  # lower is better

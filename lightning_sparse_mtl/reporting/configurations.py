@@ -29,18 +29,26 @@ DENSE_METHODS = ("group_lasso", "group_lasso_coupled")  # at λ = 0 and without 
 def is_dense_run(results: Mapping[str, Any]) -> bool:
     """True for a dense reference run: λ = 0 *and* nothing else sparsifies it. A ``sparsity.target`` /
     ``target_macs`` run adapts λ from a start value that may be 0, and a peer arm (``method=tp_*``) prunes to
-    ``target_macs`` with λ = 0: neither is dense, though both report ``lambda: 0``."""
-    config = results.get("config") or {}
-    lam = results.get("lambda", config.get("lambda"))
-    sparsity = config.get("sparsity") or {}
-    method = (config.get("method") or {}).get("name") or results.get("method") or DENSE_METHODS[0]
-    targets = ("target", "target_macs")
+    ``target_macs`` with λ = 0: neither is dense, though both report ``lambda: 0``. λ is read from the results,
+    else from their config (as the report's ``lambda`` column); a missing or non-numeric λ is not dense."""
+
+    def mapping(value: Any) -> Mapping[str, Any]:
+        return value if isinstance(value, Mapping) else {}
+
+    config = mapping(results.get("config"))
+    lam = results.get("lambda")
+    if lam is None:
+        lam = config.get("lambda")
+    sparsity, method = mapping(config.get("sparsity")), config.get("method")
+    name = mapping(method).get("name") if isinstance(method, Mapping) else method
+    name = name or results.get("method") or DENSE_METHODS[0]
     return (
         isinstance(lam, int | float)
+        and not isinstance(lam, bool)
         and lam == 0
-        and all(sparsity.get(k) is None for k in targets)
+        and all(sparsity.get(k) is None for k in ("target", "target_macs"))
         and "sparsity/target" not in results
-        and method in DENSE_METHODS
+        and name in DENSE_METHODS
     )
 
 
@@ -94,9 +102,9 @@ def _fmt(value: Any) -> str:
 
 
 def assign_configurations(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
-    """Set ``row["config"]`` (a readable label) and ``row["_signature"]`` (the configuration without λ, to find
-    its dense λ = 0 counterpart) for every row. Rows need ``_overrides`` (list or None), ``_setting`` (see
-    :func:`setting`). Returns ``{label: [keys not swept that set this configuration apart]}`` for the
+    """Set ``row["config"]`` (a readable label) and ``row["_signature"]`` (the configuration without λ, targets,
+    grouping and method: to find its dense counterpart) for every row. Rows need ``_overrides`` (list or None),
+    ``_setting`` (see :func:`setting`). Returns ``{label: [keys not swept that set this configuration apart]}`` for the
     configurations split on non-swept keys."""
     notes: dict[str, list[str]] = {}
     by_overrides: dict[tuple, list[dict]] = {}

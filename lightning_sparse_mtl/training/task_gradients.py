@@ -71,8 +71,9 @@ def task_gradient_stats(
 class TaskGradientProbe(L.Callback):
     """Logs :func:`task_gradient_stats` of the shared encoder as ``task_grad/<key>`` every ``every_n_steps``.
 
-    At the end of a training batch whose ``global_step`` is a multiple of ``every_n_steps`` (once per optimizer
-    step), with two tasks or more: one extra forward of the batch's image (the model in its current mode), the
+    At the end of a training batch whose ``global_step`` is a positive multiple of ``every_n_steps`` (once per
+    optimizer step), with two tasks or more: one extra forward of the batch's image (the model in its current mode
+    and the trainer's precision context, as the training forward), the
     module's ``task_losses``, the weighting's ``current_weights()`` (1 without one) and one backward per task
     (``torch.autograd.grad``) onto the encoder parameters that require grad. Training is left as it was: no
     optimizer interaction, ``.grad`` untouched, torch's CPU (and the module's CUDA device's) RNG state and the
@@ -90,12 +91,15 @@ class TaskGradientProbe(L.Callback):
     ) -> None:
         step = trainer.global_step
         tasks = list(getattr(pl_module, "task_names", []))
-        if step % self.every_n_steps or step == self._last_step or len(tasks) < 2:
-            return
+        if step == 0 or step % self.every_n_steps or step == self._last_step or len(tasks) < 2:
+            return  # step 0: no optimizer step yet (gradient accumulation's first batches)
         self._last_step = step  # with gradient accumulation several batches end at the same step
-        stats = self.measure(pl_module, batch)
+        with trainer.strategy.precision_plugin.forward_context():  # the training forward's autocast (bf16/fp16)
+            stats = self.measure(pl_module, batch)
         bs = batch["image"].shape[0]
-        pl_module.log_dict({f"task_grad/{k}": v for k, v in stats.items()}, on_step=True, on_epoch=True, batch_size=bs)
+        logged = {f"task_grad/{k}": v for k, v in stats.items()}
+        # every rank probes at the same step: the epoch means are averaged over ranks
+        pl_module.log_dict(logged, on_step=True, on_epoch=True, batch_size=bs, sync_dist=True)
 
     @staticmethod
     def measure(pl_module: L.LightningModule, batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
