@@ -61,3 +61,10 @@ def test_arm_table_rows_and_family_comparison(tmp_path) -> None:
     text = arm_markdown(table.reset_index())
     assert text.count("\n") == 2 + 3 and "| group_lasso_coupled | 2 | 0.245 ± 0.0071 |" in text
     assert plot_arms(table.reset_index(), tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_a_mean_zero_up_to_rounding_prints_as_zero() -> None:
+    from lightning_sparse_mtl.reporting.arms import _pm
+
+    assert _pm({"x_mean": -7.77e-16, "x_std": 0.23}, "x") == "0 ± 0.23"
+    assert _pm({"x_mean": 1.5, "x_std": float("nan")}, "x") == "1.5"

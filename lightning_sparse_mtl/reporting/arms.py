@@ -94,6 +94,7 @@ def _pm(row: Mapping[str, Any], col: str, digits: int = 3) -> str:
     mean, std = row.get(f"{col}_mean", math.nan), row.get(f"{col}_std", math.nan)
     if mean is None or not math.isfinite(mean):
         return "—"
+    mean = 0.0 if abs(mean) < 1e-9 else mean  # the dense row's mean Δ is 0 up to rounding (no "-7.8e-16")
     return f"{mean:.{digits}g}" if not math.isfinite(std) else f"{mean:.{digits}g} ± {std:.2g}"
 
 
