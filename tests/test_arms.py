@@ -68,3 +68,4 @@ def test_a_mean_zero_up_to_rounding_prints_as_zero() -> None:
 
     assert _pm({"x_mean": -7.77e-16, "x_std": 0.23}, "x") == "0 ± 0.23"
     assert _pm({"x_mean": 1.5, "x_std": float("nan")}, "x") == "1.5"
+    assert _pm({"x_mean": 7.02, "x_std": 1.1e-15}, "x") == "7.02 ± 0"

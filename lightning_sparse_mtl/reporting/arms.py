@@ -95,6 +95,7 @@ def _pm(row: Mapping[str, Any], col: str, digits: int = 3) -> str:
     if mean is None or not math.isfinite(mean):
         return "—"
     mean = 0.0 if abs(mean) < 1e-9 else mean  # the dense row's mean Δ is 0 up to rounding (no "-7.8e-16")
+    std = 0.0 if math.isfinite(std) and std < 1e-9 * max(1.0, abs(mean)) else std  # repeated values: no "1.1e-15"
     return f"{mean:.{digits}g}" if not math.isfinite(std) else f"{mean:.{digits}g} ± {std:.2g}"
 
 
