@@ -9,12 +9,14 @@ sparse (input groups, the seed's) and coupled groups at the same MACs, 3 seeds e
 
 Every job is ``python -m lightning_sparse_mtl.train experiment=digits_study_48 <overrides>`` in ``<out>/runs/<job>``
 (the runner of ``digits_study.py``: a dir with ``results.json`` is done; one without it is cleared and rerun).
-Queue: first the weighting measurement on the dense multi-task model (``--weighting``, the study's, and the other
-two; 3 seeds: 9 jobs, the study's three are its MTL dense runs); then per task set dense, input
-(``sparsity.target=0.7``) and coupled (``sparsity.target_macs`` = the mean MACs fraction the input runs of that task
-set reached: their jobs wait until those runs are finished). Outputs: ``report``'s files (``summary.md``,
-``report.csv``, figures), ``study_table.md`` (the table and Welch tests), ``channel_overlap_<mode>.*``,
-``task_gradients.md`` (gradient conflict and loss scales of the dense multi-task runs), ``study.json``.
+Jobs: the weighting measurement on the dense multi-task model (``--weighting``, the study's, and the other two; 3
+seeds: 9 jobs, the study's three are its MTL dense runs); per task set dense, input (``sparsity.target=0.7``) and
+coupled (``sparsity.target_macs`` = the mean MACs fraction the input runs of that task set reached: their jobs wait
+until those runs are finished). Queue order, most decisive first: the weighting measurement's seed 0, the multi-task
+arms, the single-task dense runs, the rest of the weighting measurement, the single-task sparse arms. Outputs:
+``report``'s files (``summary.md``, ``report.csv``, figures), ``study_table.md`` (the table and Welch tests),
+``channel_overlap_<mode>.*``, ``task_gradients.md`` (gradient conflict and loss scales of the dense multi-task runs),
+``study.json``.
 """
 
 from __future__ import annotations
@@ -75,12 +77,12 @@ def input_macs_fraction(runs_dir: Path, task: str, seeds: list[int]) -> float | 
 
 
 def jobs(runs_dir: Path, seeds: list[int], tasks: list[str], weighting: str) -> list[tuple[str, list[str] | None]]:
-    """``[(job name, overrides or None)]`` in queue order; None: a coupled job whose input runs are not finished."""
-    out: list[tuple[str, list[str] | None]] = []
-    if "mtl" in tasks:  # the weighting measurement first: it decides the study's multi-task weighting
-        for seed in seeds:
-            for w in (weighting, *(w for w in WEIGHTINGS if w != weighting)):
-                out.append((f"{label('mtl', w)}_dense_s{seed}", [*_tasks("mtl", w), "lambda=0", f"seed={seed}"]))
+    """``[(job name, overrides or None)]`` in queue order; None: a coupled job whose input runs are not finished.
+
+    The most decisive jobs first (a session may end after any of them): the weighting measurement's first seed (it
+    decides the study's multi-task weighting), the multi-task arms, the single-task dense runs (the Δm reference),
+    the rest of the weighting measurement, then the single-task sparse arms."""
+    arms: dict[str, list[tuple[str, list[str] | None]]] = {}
     for task in tasks:
         base = _tasks(task, weighting)
         macs = input_macs_fraction(runs_dir, label(task, weighting), seeds)
@@ -89,9 +91,24 @@ def jobs(runs_dir: Path, seeds: list[int], tasks: list[str], weighting: str) -> 
             ("input", ["sparsity.groups=input", f"sparsity.target={INPUT_TARGET}"]),
             ("coupled", None if macs is None else ["sparsity.groups=coupled", f"sparsity.target_macs={macs}"]),
         ):
-            for seed in seeds:
-                name = f"{label(task, weighting)}_{mode}_s{seed}"
-                out.append((name, None if arm is None else [*base, *arm, f"seed={seed}"]))
+            arms[f"{task}/{mode}"] = [
+                (f"{label(task, weighting)}_{mode}_s{seed}", None if arm is None else [*base, *arm, f"seed={seed}"])
+                for seed in seeds
+            ]
+    weigh = []  # the weighting measurement on the dense multi-task model; the study's weighting is its MTL dense arm
+    if "mtl" in tasks:
+        for seed in seeds:
+            for w in (weighting, *(w for w in WEIGHTINGS if w != weighting)):
+                weigh.append((f"{label('mtl', w)}_dense_s{seed}", [*_tasks("mtl", w), "lambda=0", f"seed={seed}"]))
+    stl = [t for t in tasks if t != "mtl"]
+    first = len(WEIGHTINGS) if seeds else 0
+    out = [
+        *weigh[:first],
+        *(job for mode in ("dense", "input", "coupled") for job in arms.get(f"mtl/{mode}", [])),
+        *(job for t in stl for job in arms[f"{t}/dense"]),
+        *weigh[first:],
+        *(job for mode in ("input", "coupled") for t in stl for job in arms[f"{t}/{mode}"]),
+    ]
     unique: dict[str, list[str] | None] = {}
     for name, overrides in out:
         unique.setdefault(name, overrides)

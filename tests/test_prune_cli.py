@@ -264,35 +264,61 @@ def pruned_run(dense_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return run
 
 
-def started_writing(run: Path, prefix: str) -> bool:
-    """Whether a prune has written a file into its staging folder in ``run`` (the folder may go meanwhile)."""
-    try:
-        return any(f.is_file() for stage in run.glob(f"{prefix}*") for f in stage.iterdir())
-    except FileNotFoundError:
-        return False
+# The prune under test, held at its commit point: every output staged, none published. The signal then arrives at
+# a known moment (a poll for the first staged file raced the prune's own commit on a loaded host: the signal came
+# after the commit and the new set was, correctly, published).
+HELD_PRUNE = """
+import os, runpy, time
+from pathlib import Path
+from lightning_sparse_mtl.deploy import publish
+
+def held(self, finals):
+    Path(os.environ["HELD_AT_COMMIT"]).write_text(",".join(sorted(p.name for p in self.dir.iterdir())))
+    time.sleep(600)
+
+publish.Staging.commit = held
+runpy.run_module("lightning_sparse_mtl.prune", run_name="__main__", alter_sys=True)
+"""
+
+
+def changed_outputs(run: Path, before: dict[str, bytes]) -> list[str]:
+    """The outputs whose bytes differ from ``before`` (names only: a diff of megabytes is no failure message)."""
+    return [n for n in OUTPUTS if not (run / n).is_file() or (run / n).read_bytes() != before[n]]
 
 
 @pytest.mark.slow  # a real prune process (~1 min on 2 busy cores)
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_prune_killed_while_writing_leaves_the_earlier_outputs(sig: int, pruned_run: Path, tmp_path: Path) -> None:
-    """A prune stopped (SIGKILL, Ctrl-C) once it has started writing its files leaves the earlier prune's five
-    outputs byte for byte; Ctrl-C is one line (exit 130); a killed prune's staging folder goes at the next prune."""
+    """A prune stopped (SIGKILL, Ctrl-C) with every output staged but not yet published leaves the earlier prune's
+    five outputs byte for byte; Ctrl-C is one line (exit 130); a killed prune's staging folder goes at the next
+    prune."""
     from lightning_sparse_mtl.deploy.publish import STAGING_PREFIX, recover
 
     run = tmp_path / "run"
     shutil.copytree(pruned_run, run)
     before = {n: (run / n).read_bytes() for n in OUTPUTS}
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    flag, err_path = tmp_path / "held", tmp_path / "stderr.txt"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1",
+           "HELD_AT_COMMIT": str(flag)}  # fmt: skip
     args = [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "batch_sizes=[1,8]", "repeats=3", "threads=1"]
-    with subprocess.Popen([sys.executable, "-m", "lightning_sparse_mtl.prune", *args], env=env, text=True,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:  # fmt: skip
+    with err_path.open("w") as err_file:  # a file, not a pipe: the child never blocks on a full pipe
+        proc = subprocess.Popen([sys.executable, "-c", HELD_PRUNE, *args], env=env, text=True,
+                                stdout=subprocess.DEVNULL, stderr=err_file)  # fmt: skip
+    try:
         deadline = time.monotonic() + 300
-        while not started_writing(run, STAGING_PREFIX):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+        while not flag.is_file():
+            assert proc.poll() is None, err_path.read_text()[-2000:]
+            assert time.monotonic() < deadline, "the prune did not reach its commit point in 300 s"
             time.sleep(0.05)
+        assert set(flag.read_text().split(",")) == set(OUTPUTS)  # all five staged when the signal comes
         proc.send_signal(sig)
-        _, err = proc.communicate(timeout=120)
-    assert {n: (run / n).read_bytes() for n in OUTPUTS} == before
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    err = err_path.read_text()
+    assert changed_outputs(run, before) == []
     if sig == signal.SIGINT:
         errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
         assert proc.returncode == 130 and len(errors) == 1 and "Traceback" not in err, err[-2000:]
@@ -300,4 +326,4 @@ def test_prune_killed_while_writing_leaves_the_earlier_outputs(sig: int, pruned_
     else:
         assert proc.returncode == -signal.SIGKILL and len(list(run.glob(f"{STAGING_PREFIX}*"))) == 1
         recover(run)  # what the next prune into this folder does first
-        assert not list(run.glob(f"{STAGING_PREFIX}*")) and {n: (run / n).read_bytes() for n in OUTPUTS} == before
+        assert not list(run.glob(f"{STAGING_PREFIX}*")) and changed_outputs(run, before) == []

@@ -134,6 +134,10 @@ def test_study_48_queue_sets_the_coupled_budget_from_the_input_runs(tmp_path: Pa
     names = [n for n, _ in todo]
     assert len(todo) == len(set(names)) == 9 + 3 * 3 * 3 + 2 * 3  # weighting 9 (3 are MTL dense), then 4 x 3 x 3
     assert names[:3] == ["mtl_uncertainty_dense_s0", "mtl_fixed_dense_s0", "mtl_dwa_dense_s0"]
+    assert all(n.startswith("mtl_uncertainty_") for n in names[3:11])  # the multi-task arms next
+    assert [n.split("_")[1] for n in names[11:20]] == ["dense"] * 9  # then the single-task Δm references
+    assert names[20:24] == ["mtl_fixed_dense_s1", "mtl_dwa_dense_s1", "mtl_fixed_dense_s2", "mtl_dwa_dense_s2"]
+    assert names[-1] == "normal_coupled_s2"
     assert "mtl_uncertainty_coupled_s2" in names and "mtl_fixed_input_s0" not in names
     over = dict(todo)
     mtl = ["tasks=[seg,depth,normal]", "weighting=uncertainty"]
