@@ -79,9 +79,10 @@ def input_macs_fraction(runs_dir: Path, task: str, seeds: list[int]) -> float | 
 def jobs(runs_dir: Path, seeds: list[int], tasks: list[str], weighting: str) -> list[tuple[str, list[str] | None]]:
     """``[(job name, overrides or None)]`` in queue order; None: a coupled job whose input runs are not finished.
 
-    The most decisive jobs first (a session may end after any of them): the weighting measurement's first seed (it
-    decides the study's multi-task weighting), the multi-task arms, the single-task dense runs (the Δm reference),
-    the rest of the weighting measurement, then the single-task sparse arms."""
+    The most decisive jobs first (a session may end after any of them): the weighting measurement's first seed, the
+    multi-task arms (under ``weighting``: if the first seed measures it clearly worse than another, stop the queue and
+    rerun with ``--weighting``; the other weighting's runs are kept), the single-task dense runs (the Δm
+    reference), the rest of the weighting measurement, then the single-task sparse arms."""
     arms: dict[str, list[tuple[str, list[str] | None]]] = {}
     for task in tasks:
         base = _tasks(task, weighting)

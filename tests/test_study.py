@@ -126,8 +126,10 @@ def load_script(name: str):
 
 
 def test_study_48_queue_sets_the_coupled_budget_from_the_input_runs(tmp_path: Path) -> None:
-    """Weighting measurement first (the study's weighting = its MTL dense runs), then per task set dense, input
-    (target 0.7), coupled at the mean MACs fraction the input runs reached — waiting (None) until all are done."""
+    """Queue, most decisive first: the weighting measurement's seed 0 (the study's weighting = its MTL dense runs),
+    the multi-task arms, the single-task dense runs, the rest of the weighting measurement, the single-task sparse
+    arms; per task set dense, input (target 0.7), coupled at the mean MACs fraction the input runs reached —
+    waiting (None) until all are done."""
     study = load_script("digits_study_48")
     runs = tmp_path / "runs"
     todo = study.jobs(runs, [0, 1, 2], list(study.TASKS), "uncertainty")
