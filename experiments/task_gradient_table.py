@@ -63,7 +63,8 @@ def markdown(df: pd.DataFrame) -> str:
             *(c.removeprefix("train/") for c in losses)]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for weighting, part in df.groupby("weighting"):
-        for epoch in sorted({int(part.epoch.min()), int(part.epoch.max())}):
+        probed = part.dropna(subset=grads, how="all")  # the test stage logs at epoch = max_epochs: no probe values
+        for epoch in sorted({int(probed.epoch.min()), int(probed.epoch.max())}):
             rows = part[part.epoch == epoch]
             cells = [str(weighting), str(epoch), str(len(rows)), *(_cell(rows[c]) for c in columns)]
             lines.append("| " + " | ".join(cells) + " |")

@@ -184,9 +184,15 @@ def test_task_gradient_table_from_metrics_csv(tmp_path: Path) -> None:
         job = runs / f"mtl_fixed_dense_s{seed}"
         (job / "csv").mkdir(parents=True)
         (job / "results.json").write_text(json.dumps({"config": {"seed": seed, "weighting": {"name": "fixed"}}}))
-        lines = ["epoch,step,task_grad/a~b/cos_step,task_grad/a~b/cos_epoch,train/a/loss,train/loss",
-                 f"0,1,{cos - 0.1},,2.0,3.0", f"0,2,{cos + 0.1},,4.0,5.0", f"0,2,,{cos},,",
-                 "1,3,0.5,,1.0,1.5", "1,3,,0.5,,"]  # fmt: skip
+        lines = [
+            "epoch,step,task_grad/a~b/cos_step,task_grad/a~b/cos_epoch,train/a/loss,train/loss",
+            f"0,1,{cos - 0.1},,2.0,3.0",
+            f"0,2,{cos + 0.1},,4.0,5.0",
+            f"0,2,,{cos},,",
+            "1,3,0.5,,1.0,1.5",
+            "1,3,,0.5,,",
+            "2,3,,,,",
+        ]  # epoch 2: the test stage's row (no probe values)
         (job / "csv" / "metrics.csv").write_text("\n".join(lines) + "\n")
     per_epoch = tg.epoch_means(runs / "mtl_fixed_dense_s0" / "csv" / "metrics.csv")
     assert per_epoch.loc[0, "task_grad/a~b/cos"] == pytest.approx(-0.2)  # the _epoch value, not the step mean
@@ -194,6 +200,7 @@ def test_task_gradient_table_from_metrics_csv(tmp_path: Path) -> None:
     out = tg.write_task_gradient_table(runs, tmp_path / "tg.md")
     text = out.read_text()
     assert "| fixed | 0 | 2 | -0.1 ± 0.14 | 3 ± 0 |" in text and "| fixed | 1 | 2 | 0.5 ± 0 | 1 ± 0 |" in text
+    assert "| fixed | 2 |" not in text  # the last epoch with probe values, not the test stage's
     assert (tmp_path / "tg.csv").is_file()
     empty = tmp_path / "none"
     (empty / "mtl_fixed_dense_s0" / "csv").mkdir(parents=True)
