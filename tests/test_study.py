@@ -205,3 +205,23 @@ def test_task_gradient_table_from_metrics_csv(tmp_path: Path) -> None:
     empty = tmp_path / "none"
     (empty / "mtl_fixed_dense_s0" / "csv").mkdir(parents=True)
     assert tg.write_task_gradient_table(empty, tmp_path / "x.md") is None
+
+
+def test_why_mtl_32_queue_and_metrics_table(tmp_path: Path) -> None:
+    """The 32 px dense multi-task run under each weighting, probed; test metrics mean ± std per weighting beside
+    the single-task dense runs."""
+    why = load_script("why_mtl_32")
+    todo = dict(why.jobs([0, 1]))
+    assert list(todo)[:3] == ["mtl_fixed_dense_s0", "mtl_uncertainty_dense_s0", "mtl_dwa_dense_s0"]
+    assert len(todo) == 6 and "lambda=0" in todo["mtl_dwa_dense_s1"] and "weighting=dwa" in todo["mtl_dwa_dense_s1"]
+    assert any(o.startswith("+callbacks.task_gradients._target_=") for o in todo["mtl_fixed_dense_s0"])
+    runs, stl = tmp_path / "runs", tmp_path / "stl"
+    for name, miou in (("mtl_fixed_dense_s0", 0.1), ("mtl_fixed_dense_s1", 0.2)):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "results.json").write_text(json.dumps({"test/seg/miou": miou, "test/depth/abs_err": 2.0}))
+    (stl / "seg_dense_s0").mkdir(parents=True)
+    (stl / "seg_dense_s0" / "results.json").write_text(json.dumps({"test/seg/miou": 0.25}))
+    text = why.metrics_table(runs, stl)
+    assert "| MTL, fixed | 0.150 ± 0.071 (n = 2) | 2.000 ± 0.000 (n = 2) | – |" in text
+    assert "| MTL, dwa | – | – | – |" in text
+    assert "| single-task dense (the study's) | 0.250 ± 0.000 (n = 1) | – | – |" in text

@@ -1,0 +1,90 @@
+"""Why the multi-task model lags in the 32 px study: its dense runs again, probed, under each weighting.
+
+    python experiments/why_mtl_32.py [--seeds 0] [--lock /tmp/lsmtl-heavy.lock]    # resumable
+    python experiments/why_mtl_32.py --report-only
+
+The 32 px study (``experiment=digits_study``: 2,000 scenes, 5 epochs, fixed weighting) found multi-task seg mIoU
+0.09 against 0.23 single-task. Each job here is that study's dense multi-task run (``lambda=0``) with
+``TaskGradientProbe`` on (per-task gradient norms and cosines on the shared encoder, every 10 steps) under
+``weighting`` fixed (the study's), uncertainty and dwa. Report (``experiments/results/digits_study/why_mtl/``):
+``task_gradients.md`` (loss scales, task weights, gradient norms and conflict, first and last epoch) and
+``metrics.md`` (test metrics per weighting, mean ± std over seeds, against the study's single-task dense runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "experiments"))
+
+from digits_study import record_job, run_job  # noqa: E402
+
+OUT = ROOT / "experiments" / "results" / "digits_study" / "why_mtl"
+STL_RUNS = ROOT / "experiments" / "results" / "digits_study" / "runs"
+WEIGHTINGS = ("fixed", "uncertainty", "dwa")
+PROBE = ["+callbacks.task_gradients._target_=lightning_sparse_mtl.training.task_gradients.TaskGradientProbe",
+         "+callbacks.task_gradients.every_n_steps=10"]  # fmt: skip
+METRICS = {"seg mIoU ↑": ("seg", "test/seg/miou"), "depth abs ↓": ("depth", "test/depth/abs_err"),
+           "normal mean (°) ↓": ("normal", "test/normal/mean")}  # fmt: skip
+
+
+def jobs(seeds: list[int]) -> list[tuple[str, list[str]]]:
+    """``[(job name, overrides)]``: seed-major, each weighting in turn."""
+    return [(f"mtl_{w}_dense_s{s}", ["tasks=[seg,depth,normal]", f"weighting={w}", "lambda=0", f"seed={s}", *PROBE])
+            for s in seeds for w in WEIGHTINGS]  # fmt: skip
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return f"{mean:.3f} ± {std:.3f} (n = {len(values)})"
+
+
+def metrics_table(runs_dir: Path, stl_runs: Path) -> str:
+    """Test metrics per weighting (mean ± std over the finished seeds) and the single-task dense runs'."""
+    lines = ["| model | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    for w in WEIGHTINGS:
+        results = [json.loads(p.read_text()) for p in sorted(runs_dir.glob(f"mtl_{w}_dense_s*/results.json"))]
+        cells = [_mean_std([r[key] for r in results if key in r]) for _, key in METRICS.values()]
+        lines.append(f"| MTL, {w} | " + " | ".join(cells) + " |")
+    stl = []
+    for task, key in METRICS.values():
+        found = [json.loads(p.read_text()) for p in sorted(stl_runs.glob(f"{task}_dense_s*/results.json"))]
+        stl.append(_mean_std([r[key] for r in found if key in r]))
+    lines.append("| single-task dense (the study's) | " + " | ".join(stl) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--lock", default=None, help="flock this file around each job")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    runs_dir, log_path = out / "runs", out / "study.json"
+    log = json.loads(log_path.read_text()) if log_path.is_file() else {"jobs": {}}
+    if not args.report_only:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, overrides in jobs(args.seeds):
+            wall = run_job(runs_dir / name, overrides, [], args.lock, experiment="digits_study")
+            print(f"{name}: {'done already' if wall is None else f'{wall:.0f} s'}", flush=True)
+            if wall is not None:
+                record_job(log_path, log, name, overrides, wall)
+    from task_gradient_table import write_task_gradient_table
+
+    written = write_task_gradient_table(runs_dir, out / "task_gradients.md")
+    text = "# The 32 px study's dense multi-task model under each weighting\n\n" + metrics_table(runs_dir, STL_RUNS)
+    (out / "metrics.md").write_text(text + "\n")
+    print(text, f"\ntask gradients -> {written}", sep="\n")
+
+
+if __name__ == "__main__":
+    main()
