@@ -1,6 +1,7 @@
 """Why the multi-task model lags in the 32 px study: its dense runs again, probed, under each weighting.
 
     python experiments/why_mtl_32.py [--seeds 0] [--lock /tmp/lsmtl-heavy.lock]    # resumable
+    python experiments/why_mtl_32.py --seeds 1 2 --arms mtl_fixed mtl_fixed_seg4              # chosen arms
     python experiments/why_mtl_32.py --report-only
 
 The 32 px study (``experiment=digits_study``: 2,000 scenes, 5 epochs, fixed weighting) found multi-task seg mIoU
@@ -38,10 +39,10 @@ METRICS = {"seg mIoU ↑": ("seg", "test/seg/miou"), "depth abs ↓": ("depth", 
            "normal mean (°) ↓": ("normal", "test/normal/mean")}  # fmt: skip
 
 
-def jobs(seeds: list[int]) -> list[tuple[str, list[str]]]:
-    """``[(job name, overrides)]``: seed-major, each arm in turn."""
+def jobs(seeds: list[int], arms: list[str] | None = None) -> list[tuple[str, list[str]]]:
+    """``[(job name, overrides)]``: seed-major, each arm (job-name prefix; default: all of them) in turn."""
     return [(f"{prefix}_dense_s{s}", ["tasks=[seg,depth,normal]", *arm, "lambda=0", f"seed={s}", *PROBE])
-            for s in seeds for prefix, arm in ARMS.values()]  # fmt: skip
+            for s in seeds for prefix, arm in ARMS.values() if arms is None or prefix in arms]  # fmt: skip
 
 
 def _mean_std(values: list[float]) -> str:
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(OUT))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--lock", default=None, help="flock this file around each job")
+    parser.add_argument("--arms", nargs="+", default=None, choices=[p for p, _ in ARMS.values()])
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     log = json.loads(log_path.read_text()) if log_path.is_file() else {"jobs": {}}
     if not args.report_only:
         out.mkdir(parents=True, exist_ok=True)
-        for name, overrides in jobs(args.seeds):
+        for name, overrides in jobs(args.seeds, args.arms):
             wall = run_job(runs_dir / name, overrides, [], args.lock, experiment="digits_study")
             print(f"{name}: {'done already' if wall is None else f'{wall:.0f} s'}", flush=True)
             if wall is not None:

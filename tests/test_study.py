@@ -216,6 +216,8 @@ def test_why_mtl_32_queue_and_metrics_table(tmp_path: Path) -> None:
     assert len(todo) == 10 and "lambda=0" in todo["mtl_dwa_dense_s1"] and "weighting=dwa" in todo["mtl_dwa_dense_s1"]
     assert "task_weights={seg:4}" in todo["mtl_fixed_seg4_dense_s0"]
     assert "trainer.max_epochs=10" in todo["mtl_fixed_10ep_dense_s1"]
+    chosen = [n for n, _ in why.jobs([1, 2], ["mtl_fixed_seg4"])]
+    assert chosen == ["mtl_fixed_seg4_dense_s1", "mtl_fixed_seg4_dense_s2"]
     assert any(o.startswith("+callbacks.task_gradients._target_=") for o in todo["mtl_fixed_dense_s0"])
     runs, stl = tmp_path / "runs", tmp_path / "stl"
     for name, miou in (("mtl_fixed_dense_s0", 0.1), ("mtl_fixed_dense_s1", 0.2)):
