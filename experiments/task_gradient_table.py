@@ -2,10 +2,11 @@
 
     python experiments/task_gradient_table.py experiments/results/digits_study_48/runs [--out task_gradients.md]
 
-Reads each ``mtl_<weighting>_dense_s<seed>`` job's ``csv/metrics.csv``: the ``task_grad/*`` columns that
+Reads each ``mtl_<arm>_dense_s<seed>`` job's ``csv/metrics.csv``: the ``task_grad/*`` columns that
 ``lightning_sparse_mtl.training.task_gradients.TaskGradientProbe`` logs (per-task gradient norms on the shared
 encoder, pairwise cosines, the fraction of conflicting pairs), the training losses and the weighting's task
-weights. One row per weighting and epoch (first and last), mean ± std over seeds.
+weights. One row per arm (the job name's ``<arm>``: its weighting, or a variant such as ``fixed_seg4``) and epoch
+(first and last with probe values), mean ± std over seeds.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def epoch_means(metrics_csv: Path) -> pd.DataFrame:
 
 
 def collect(runs_dir: Path) -> pd.DataFrame:
-    """One row per (job, epoch): ``weighting``, ``seed``, ``epoch`` and the per-epoch means."""
+    """One row per (job, epoch): ``arm``, ``weighting``, ``seed``, ``epoch`` and the per-epoch means."""
     frames = []
     for job in sorted(runs_dir.glob("mtl_*dense_s*")):
         metrics, results = job / "csv" / "metrics.csv", job / "results.json"
@@ -41,8 +42,10 @@ def collect(runs_dir: Path) -> pd.DataFrame:
             continue
         config = json.loads(results.read_text()).get("config") or {}
         means = epoch_means(metrics).reset_index()
-        means.insert(0, "weighting", (config.get("weighting") or {}).get("name", "?"))
-        means.insert(1, "seed", config.get("seed"))
+        # the arm: the job name without ``mtl_`` and ``_dense_s<seed>`` (its weighting, or e.g. ``fixed_seg4``)
+        means.insert(0, "arm", job.name.rsplit("_dense_s", 1)[0].removeprefix("mtl_"))
+        means.insert(1, "weighting", (config.get("weighting") or {}).get("name", "?"))
+        means.insert(2, "seed", config.get("seed"))
         frames.append(means)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -59,14 +62,14 @@ def markdown(df: pd.DataFrame) -> str:
     losses = sorted(c for c in df.columns if c.startswith("train/") and c.endswith(("/loss", "/weight")))
     losses = [c for c in losses if c != "train/loss"]
     columns = [*grads, *losses]
-    head = ["weighting", "epoch", "n", *(c.removeprefix("task_grad/") for c in grads),
+    head = ["run", "epoch", "n", *(c.removeprefix("task_grad/") for c in grads),
             *(c.removeprefix("train/") for c in losses)]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for weighting, part in df.groupby("weighting"):
+    for arm, part in df.groupby("arm"):
         probed = part.dropna(subset=grads, how="all")  # the test stage logs at epoch = max_epochs: no probe values
         for epoch in sorted({int(probed.epoch.min()), int(probed.epoch.max())}):
             rows = part[part.epoch == epoch]
-            cells = [str(weighting), str(epoch), str(len(rows)), *(_cell(rows[c]) for c in columns)]
+            cells = [str(arm), str(epoch), str(len(rows)), *(_cell(rows[c]) for c in columns)]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
