@@ -4,6 +4,7 @@
     python experiments/grouping_study.py --max-jobs 1        # one more job, then the report
     python experiments/grouping_study.py --report-only       # tables from the finished jobs
     python experiments/grouping_study.py --tiny --out /tmp/g # the pipeline end to end in ~2 min
+    python experiments/grouping_study.py --group-weights macs --only coupled_macs_m0.25_s1   # one MACs-weighted job
 
 Every job is ``python -m lightning_sparse_mtl.train experiment=digits_sparse <overrides>`` in ``<out>/runs/<job>``
 (the runner of ``digits_study.py``: a dir with ``results.json`` is done; a dir without it is cleared and rerun).
@@ -27,25 +28,31 @@ from digits_study import TINY, add_queue_arguments, run_job, select_jobs  # noqa
 
 from lightning_sparse_mtl.reporting.aggregate import write_report  # noqa: E402
 from lightning_sparse_mtl.reporting.arms import arm_markdown, arm_table, dense_mean, run_delta, welch_p  # noqa: E402
+from lightning_sparse_mtl.sparsity.costs import GROUP_WEIGHTS  # noqa: E402
 
 GROUPINGS = ("coupled", "input")
 
 
-def _sparse(grouping: str, target: float, seed: int) -> tuple[str, list[str]]:
-    return f"{grouping}_m{target:g}_s{seed}", [f"sparsity.groups={grouping}", f"sparsity.target_macs={target}",
-                                               f"seed={seed}"]  # fmt: skip
+def _sparse(grouping: str, target: float, seed: int, weight: str = "sqrt_size") -> tuple[str, list[str]]:
+    """A sparse job: ``<grouping>[_<weight>]_m<target>_s<seed>`` (``sparsity.group_weight`` named when not the
+    default ``sqrt_size``)."""
+    tag = "" if weight == "sqrt_size" else f"_{weight}"
+    overrides = [f"sparsity.groups={grouping}", f"sparsity.target_macs={target}", f"seed={seed}"]
+    return f"{grouping}{tag}_m{target:g}_s{seed}", overrides + ([f"sparsity.group_weight={weight}"] if tag else [])
 
 
-def jobs(targets: list[float], seeds: list[int], seed_targets: list[float]) -> list[tuple[str, list[str]]]:
+def jobs(
+    targets: list[float], seeds: list[int], seed_targets: list[float], weights: tuple[str, ...] = ("sqrt_size",)
+) -> list[tuple[str, list[str]]]:
     """``[(job name, overrides)]`` in the order they run: the goal point's coupled run first, then the dense
     reference, then both groupings at every target (seed 0), then per further seed its dense run and both
-    groupings at ``seed_targets``."""
-    out = [_sparse("coupled", targets[0], 0), ("dense_s0", ["lambda=0", "seed=0"])]
+    groupings at ``seed_targets``; every sparse job once per group weight in ``weights``."""
+    out = [_sparse("coupled", targets[0], 0, w) for w in weights] + [("dense_s0", ["lambda=0", "seed=0"])]
     for target in targets:
-        out += [_sparse(g, target, 0) for g in GROUPINGS]
+        out += [_sparse(g, target, 0, w) for g in GROUPINGS for w in weights]
     for seed in (s for s in seeds if s != 0):
         out.append((f"dense_s{seed}", ["lambda=0", f"seed={seed}"]))
-        out += [_sparse(g, t, seed) for t in seed_targets for g in GROUPINGS]
+        out += [_sparse(g, t, seed, w) for t in seed_targets for g in GROUPINGS for w in weights]
     unique: dict[str, list[str]] = {}
     for name, overrides in out:
         unique.setdefault(name, overrides)
@@ -89,12 +96,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--targets", type=float, nargs="+", default=[0.12, 0.25, 0.08])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--seed-targets", type=float, nargs="+", default=[0.25, 0.12])
+    parser.add_argument("--group-weights", nargs="+", default=["sqrt_size"], choices=list(GROUP_WEIGHTS),
+                        help="sparse jobs once per sparsity.group_weight (named <grouping>_<weight>_m..., but "
+                             "sqrt_size)")  # fmt: skip
     add_queue_arguments(parser)
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     runs_dir = out / "runs"
     extra = [*(TINY if args.tiny else []), *args.overrides]
-    todo = select_jobs(jobs(args.targets, args.seeds, args.seed_targets), args.only)
+    todo = select_jobs(jobs(args.targets, args.seeds, args.seed_targets, tuple(args.group_weights)), args.only)
     if args.dry_run:
         for name, overrides in todo:
             print(name, " ".join(["experiment=digits_sparse", *extra, *overrides]))

@@ -229,3 +229,22 @@ def test_why_mtl_32_queue_and_metrics_table(tmp_path: Path) -> None:
     assert "| MTL, fixed | 0.150 ± 0.071 (n = 2) | 2.000 ± 0.000 (n = 2) | – |" in text
     assert "| MTL, dwa | – | – | – |" in text
     assert "| single-task dense (the study's) | 0.250 ± 0.000 (n = 1) | – | – |" in text
+
+
+def test_grouping_study_queue_names_the_group_weight_and_keeps_the_default_queue() -> None:
+    spec = importlib.util.spec_from_file_location("grouping_study", ROOT / "experiments" / "grouping_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    default = study.jobs([0.12, 0.25, 0.08], [0, 1, 2], [0.25, 0.12])
+    assert len(default) == 17 and default[0] == (
+        "coupled_m0.12_s0",
+        ["sparsity.groups=coupled", "sparsity.target_macs=0.12", "seed=0"],
+    )
+    both = dict(study.jobs([0.12, 0.25, 0.08], [0, 1, 2], [0.25, 0.12], ("sqrt_size", "macs")))
+    assert set(dict(default)) < set(both) and len(both) == 17 + 14  # every sparse job once more, dense runs once
+    assert both["coupled_macs_m0.25_s1"] == [
+        "sparsity.groups=coupled",
+        "sparsity.target_macs=0.25",
+        "seed=1",
+        "sparsity.group_weight=macs",
+    ]
