@@ -118,7 +118,7 @@ def jobs(runs_dir: Path, seeds: list[int], tasks: list[str], weighting: str) -> 
 
 def report(out: Path, seeds: list[int], weighting: str) -> None:
     """``report``'s files, the study table with its Welch tests, channel overlaps, the task-gradient table."""
-    from study_table import load, table, tests
+    from study_table import GAIN_HEAD, load, sparsity_gain, table, tests
 
     from lightning_sparse_mtl.reporting.aggregate import write_report
 
@@ -128,7 +128,9 @@ def report(out: Path, seeds: list[int], weighting: str) -> None:
     result = write_report(runs_dir, out, baselines=baselines)
     print(f"report: {len(result['rows'])} run(s), {len(result['summary'])} configuration(s) -> {out}/summary.md")
     df = load(out)
-    (out / "study_table.md").write_text(table(df) + "\n\n" + tests(df, weighting) + "\n")
+    gain = sparsity_gain(df, weighting)
+    gain = f"\n{GAIN_HEAD}\n\n{gain}\n" if gain else ""
+    (out / "study_table.md").write_text(table(df) + "\n\n" + tests(df, weighting) + "\n" + gain)
     for mode in ("input", "coupled"):
         usage = channel_usage(runs_dir, out, seeds, mode=mode, prefixes={"mtl": label("mtl", weighting)})
         if usage:

@@ -175,6 +175,32 @@ def test_study_table_modes_and_welch_lines() -> None:
     assert table.welch_row("MTL", "x", "test/depth/abs_err", base[:1], other, ("a", "b")) == ""  # n < 2: no test
 
 
+def test_sparsity_gain_compares_multi_and_single_task_gains_per_seed() -> None:
+    """Closed form: multi-task seg mIoU 0.5 dense -> 0.55, 0.6 sparse (+10%, +20%); single-task 0.8 -> 0.8, 0.84
+    (0%, +5%); depth (lower is better) 2.0 -> 1.8, 1.9 (+10%, +5%) vs 1.0 -> 1.0, 1.0 (0%)."""
+    import pandas as pd
+
+    table = load_script("study_table")
+    rows = []
+    for seed in (0, 1):
+        rows += [
+            {"task": "MTL", "weighting": "u", "mode": "dense", "seed": seed, "test/seg/miou": 0.5,
+             "test/depth/abs_err": 2.0, "test/normal/mean": 10.0},
+            {"task": "MTL", "weighting": "u", "mode": "input", "seed": seed, "test/seg/miou": (0.55, 0.6)[seed],
+             "test/depth/abs_err": (1.8, 1.9)[seed], "test/normal/mean": 10.0},
+            {"task": "MTL", "weighting": "fixed", "mode": "input", "seed": seed, "test/seg/miou": 0.1},  # other arm
+            {"task": "seg", "weighting": "fixed", "mode": "dense", "seed": seed, "test/seg/miou": 0.8},
+            {"task": "seg", "weighting": "fixed", "mode": "input", "seed": seed, "test/seg/miou": (0.8, 0.84)[seed]},
+            {"task": "depth", "weighting": "fixed", "mode": "dense", "seed": seed, "test/depth/abs_err": 1.0},
+            {"task": "depth", "weighting": "fixed", "mode": "input", "seed": seed, "test/depth/abs_err": 1.0},
+        ]  # fmt: skip
+    text = table.sparsity_gain(pd.DataFrame(rows), "u")
+    assert "| input | seg mIoU ↑ | 15.00 ± 7.07 | 2.50 ± 3.54 | +12.50 |" in text
+    assert "| input | depth abs ↓ | 7.50 ± 3.54 | 0.00 ± 0.00 | +7.50 |" in text
+    assert "normal" not in text and "mean of the three" not in text  # no single-task normal runs: no test, no mean
+    assert table.sparsity_gain(pd.DataFrame(rows[:3]), "u") == ""
+
+
 def test_task_gradient_table_from_metrics_csv(tmp_path: Path) -> None:
     """Per-epoch means of the probe's columns (``_epoch`` preferred to ``_step``) and the loss scales, one row per
     weighting and epoch (first, last), mean ± std over seeds; nothing written without probe columns."""
