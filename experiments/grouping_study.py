@@ -59,29 +59,38 @@ def jobs(
     return list(unique.items())
 
 
-def seeds_table(runs_dir: Path, out: Path, targets: list[float], seeds: list[int]) -> Path | None:
-    """``seeds.md``: every (grouping, target) with its seeds, mean ± std (``arm_table``) against the mean of the
-    dense runs, and per target coupled vs input (Welch p of the per-seed mean Δ)."""
+def seeds_table(
+    runs_dir: Path, out: Path, targets: list[float], seeds: list[int], weights: tuple[str, ...] = ("sqrt_size",)
+) -> Path | None:
+    """``seeds.md``: every (grouping, group weight, target) with its seeds, mean ± std (``arm_table``) against the
+    mean of the dense runs, and per target and weight coupled vs input (Welch p of the per-seed mean Δ)."""
 
     def read(names: list[str]) -> list[dict]:
         files = [runs_dir / n / "results.json" for n in names]
         return [json.loads(f.read_text()) for f in files if f.is_file()]
 
+    def arm(g: str, w: str, t: float) -> str:
+        return _sparse(g, t, 0, w)[0].rsplit("_m", 1)[0] + f" {t:g}"
+
     dense = read([f"dense_s{s}" for s in seeds])
-    arms = {f"{g} {t:g}": read([f"{g}_m{t:g}_s{s}" for s in seeds]) for t in sorted(targets, reverse=True)
-            for g in GROUPINGS}  # fmt: skip
+    arms = {arm(g, w, t): read([_sparse(g, t, s, w)[0] for s in seeds]) for t in sorted(targets, reverse=True)
+            for g in GROUPINGS for w in weights}  # fmt: skip
+    arms = {k: v for k, v in arms.items() if v or "_" not in k}  # a weight's arms only where it ran
     if not dense or not any(arms.values()):
         return None
     table = arm_table(arms, dense)
     deltas = {r["arm"]: r for r in table.to_dict("records")}
     lines = []
     for t in sorted(targets, reverse=True):
-        runs = {g: arms[f"{g} {t:g}"] for g in GROUPINGS}
-        if all(len(v) >= 2 for v in runs.values()):
-            ref = dense_mean(dense)
-            p = welch_p([run_delta(r, ref) for r in runs["coupled"]], [run_delta(r, ref) for r in runs["input"]])
-            lines.append(f"- target {t:g}: coupled {deltas[f'coupled {t:g}']['mean_delta_%_mean']:+.2f}% vs input "
-                         f"{deltas[f'input {t:g}']['mean_delta_%_mean']:+.2f}% mean Δ, Welch p = {p:.3f}")  # fmt: skip
+        for w in weights:
+            names = {g: arm(g, w, t) for g in GROUPINGS}
+            runs = {g: arms.get(names[g], []) for g in GROUPINGS}
+            if all(len(v) >= 2 for v in runs.values()):
+                ref = dense_mean(dense)
+                p = welch_p([run_delta(r, ref) for r in runs["coupled"]], [run_delta(r, ref) for r in runs["input"]])
+                mean = {g: deltas[names[g]]["mean_delta_%_mean"] for g in GROUPINGS}
+                lines.append(f"- {names['coupled']} vs {names['input']}: {mean['coupled']:+.2f}% vs "
+                             f"{mean['input']:+.2f}% mean Δ, Welch p = {p:.3f}")  # fmt: skip
     head = ("# Input vs coupled groups over seeds (`digits_sparse` recipe)\n\nmean ± std over seeds; mean Δ against "
             "the mean of the dense λ = 0 runs over the nine test metrics (positive = better than dense); latencies: "
             "ONNX Runtime at 48 × 48, each run's pruned model timed beside the dense one.\n\n")  # fmt: skip
@@ -97,8 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--seed-targets", type=float, nargs="+", default=[0.25, 0.12])
     parser.add_argument("--group-weights", nargs="+", default=["sqrt_size"], choices=list(GROUP_WEIGHTS),
-                        help="sparse jobs once per sparsity.group_weight (named <grouping>_<weight>_m..., but "
-                             "sqrt_size)")  # fmt: skip
+                        help="run each sparse job once per sparsity.group_weight; a job with a weight other than "
+                             "sqrt_size is named <grouping>_<weight>_m<target>_s<seed>")  # fmt: skip
     add_queue_arguments(parser)
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
@@ -126,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     if runs_dir.is_dir():
         report = write_report(runs_dir, out)
         print(f"report: {len(report['rows'])} run(s) -> {out}/summary.md")
-        table = seeds_table(runs_dir, out, args.targets, args.seeds)
+        weights = tuple(dict.fromkeys(["sqrt_size", *args.group_weights]))
+        table = seeds_table(runs_dir, out, args.targets, args.seeds, weights)
         if table:
             print(table.read_text())
 

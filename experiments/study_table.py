@@ -136,59 +136,89 @@ def tests(df: pd.DataFrame, study_weighting: str | None = None) -> str:
     return "\n".join(line for line in lines if line)
 
 
-def _gains(part: pd.DataFrame, dense: pd.DataFrame, key: str) -> pd.Series:
-    """Per seed: ``part``'s ``key`` relative to the mean of ``dense``'s, in % (+ = better), indexed by seed."""
-    ref = dense[key].mean()
+def _relative(part: pd.DataFrame, ref: float, key: str) -> pd.Series:
+    """Per seed: ``part``'s ``key`` relative to ``ref``, in % (+ = better), indexed by seed (one run per seed)."""
+    if part["seed"].duplicated().any():
+        raise ValueError(f"several runs per seed for {key}: select one arm (e.g. the study's weighting)")
     sign = 1.0 if higher_is_better(key) else -1.0
     return (sign * (part.set_index("seed")[key] - ref) / abs(ref) * 100).dropna()
 
 
+def _side(df: pd.DataFrame, mode: str, key: str) -> tuple[pd.Series, pd.Series] | None:
+    """(sparse, dense) per-seed % relative to the dense mean (+ = better); None when either has < 2 seeds."""
+    dense = df[df["mode"] == "dense"]
+    if key not in df or dense[key].dropna().empty:
+        return None
+    ref = dense[key].mean()
+    sparse_rel, dense_rel = _relative(df[df["mode"] == mode], ref, key), _relative(dense, ref, key)
+    return (sparse_rel, dense_rel) if len(sparse_rel) >= 2 and len(dense_rel) >= 2 else None
+
+
+def gain_difference_test(mtl: tuple[pd.Series, pd.Series], stl: tuple[pd.Series, pd.Series]) -> tuple[float, float]:
+    """(difference, p): gain from sparsity multi-task − single-task, each gain = mean(sparse) − mean(dense) of
+    per-seed % values; its variance sums all four groups' var/n (the dense means are noisy too), degrees of
+    freedom by Welch–Satterthwaite; two-sided p."""
+    groups = [*mtl, *stl]
+    diff = (mtl[0].mean() - mtl[1].mean()) - (stl[0].mean() - stl[1].mean())
+    parts = [g.var(ddof=1) / len(g) for g in groups]
+    se = sum(parts) ** 0.5
+    if se == 0:
+        return diff, 0.0 if diff else 1.0
+    dof = sum(parts) ** 2 / sum(c**2 / (len(g) - 1) for c, g in zip(parts, groups) if c > 0)
+    return diff, float(2 * stats.t.sf(abs(diff) / se, dof))
+
+
 def sparsity_gain(df: pd.DataFrame, weighting: str | None = None) -> str:
     """Does sparsity help multi-task more than single-task? Per sparse mode and task: the gain of the sparse
-    multi-task model over the dense one (its main metric, % per seed vs the dense mean) against the gain of the
-    sparse single-task model of that task over its dense one, Welch's t over seeds; then the mean over the three
-    tasks (per seed). "" until both sides have ≥ 2 seeds for some task."""
-    mtl = df[(df.task == "MTL") & ((df.weighting == weighting) if weighting is not None else True)]
+    multi-task model over the dense one (its main metric, % vs the dense mean, per seed) against the gain of the
+    sparse single-task model of that task over its dense one (:func:`gain_difference_test`); then the same on
+    the per-seed mean over the three tasks. ``weighting`` selects the multi-task arm (several runs per seed are
+    an error). "" until both sides have ≥ 2 seeds for some task."""
+    mtl = df[df.task == "MTL"]
+    mtl = mtl[mtl.weighting == weighting] if weighting is not None else mtl
     lines = []
     for mode in ("sparse", "input", "coupled"):
-        per_seed: dict[str, list[pd.Series]] = {"MTL": [], "STL": []}
+        sides: dict[str, list[tuple[pd.Series, pd.Series]]] = {"MTL": [], "STL": []}
         for key, name in METRICS.items():
-            task = name.split()[0]
-            stl = df[df.task == task]
-            gm = _gains(mtl[mtl["mode"] == mode], mtl[mtl["mode"] == "dense"], key)
-            gs = _gains(stl[stl["mode"] == mode], stl[stl["mode"] == "dense"], key)
-            if len(gm) < 2 or len(gs) < 2:
+            m, s = _side(mtl, mode, key), _side(df[df.task == name.split()[0]], mode, key)
+            if m is None or s is None:
                 continue
-            per_seed["MTL"].append(gm)
-            per_seed["STL"].append(gs)
-            lines.append(_gain_row(mode, name, gm, gs))
-        if len(per_seed["MTL"]) == len(METRICS):
-            mean_m = pd.concat(per_seed["MTL"], axis=1).dropna().mean(axis=1)
-            mean_s = pd.concat(per_seed["STL"], axis=1).dropna().mean(axis=1)
-            if len(mean_m) >= 2 and len(mean_s) >= 2:
-                lines.append(_gain_row(mode, "**mean of the three**", mean_m, mean_s))
+            sides["MTL"].append(m)
+            sides["STL"].append(s)
+            lines.append(_gain_row(mode, name, m, s))
+        if len(sides["MTL"]) == len(METRICS):  # per seed, the mean over the three tasks (seeds present in all)
+            m, s = (tuple(pd.concat([x[i] for x in sides[k]], axis=1).dropna().mean(axis=1) for i in (0, 1))
+                    for k in ("MTL", "STL"))  # fmt: skip
+            if min(len(x) for x in (*m, *s)) >= 2:
+                lines.append(_gain_row(mode, "**mean of the three**", m, s))
     if not lines:
         return ""
-    head = ["| sparse mode | metric | gain from sparsity, multi-task % | gain from sparsity, single-task % | "
-            "multi-task − single-task | p (Welch) | beyond seed noise? |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    head = ["| sparse mode | metric | n (MTL sparse/dense, STL sparse/dense) | gain from sparsity, multi-task % | "
+            "gain from sparsity, single-task % | multi-task − single-task | p (Welch–Satterthwaite) | "
+            "beyond seed noise? |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     return "\n".join(head + lines)
 
 
-def _gain_row(mode: str, name: str, mtl: pd.Series, stl: pd.Series) -> str:
-    diff = mtl.mean() - stl.mean()
-    p = stats.ttest_ind(mtl, stl, equal_var=False).pvalue
-    verdict = (f"yes, sparsity helps {'multi' if diff > 0 else 'single'}-task more") if p < 0.05 else "no"
-    return f"| {mode} | {name} | {mean_std(mtl, 2)} | {mean_std(stl, 2)} | {diff:+.2f} | {p:.3f} | {verdict} |"
+def _gain_row(mode: str, name: str, mtl: tuple[pd.Series, pd.Series], stl: tuple[pd.Series, pd.Series]) -> str:
+    diff, p = gain_difference_test(mtl, stl)
+    verdict = (f"yes, {'multi' if diff > 0 else 'single'}-task gains more (or loses less)") if p < 0.05 else "no"
+    n = f"{len(mtl[0])}/{len(mtl[1])}, {len(stl[0])}/{len(stl[1])}"
+    gm, gs = mtl[0] - mtl[1].mean(), stl[0] - stl[1].mean()
+    return f"| {mode} | {name} | {n} | {mean_std(gm, 2)} | {mean_std(gs, 2)} | {diff:+.2f} | {p:.3f} | {verdict} |"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("study", nargs="?", default=str(ROOT / "experiments" / "results" / "digits_study"))
     parser.add_argument("--out", default=None)
+    parser.add_argument("--weighting", default=None, help="the multi-task arm (when the study ran several)")
     args = parser.parse_args(argv)
     df = load(Path(args.study))
-    gain = sparsity_gain(df)
-    text = table(df) + "\n\n" + tests(df) + (f"\n\n{GAIN_HEAD}\n\n{gain}" if gain else "")
+    try:
+        gain = sparsity_gain(df, args.weighting)
+    except ValueError as err:
+        raise SystemExit(f"error: {err} (--weighting NAME)") from None
+    text = table(df) + "\n\n" + tests(df, args.weighting) + (f"\n\n{GAIN_HEAD}\n\n{gain}" if gain else "")
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")

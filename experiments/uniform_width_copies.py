@@ -6,18 +6,21 @@
         --folder uniform_m0.25=/tmp/uniform/uniform_m0.25 ... --name speed_uniform
 
 The architecture comes from a pruned file's config (its dense net, fresh weights: speed does not depend on the
-values). In every coupled channel space of the shared encoder (the groups ``sparsity.groups=coupled`` trains) the
-same fraction of channels is zeroed, the last ones of the space, rounded to a multiple of ``round_to``; the fraction
+values). Every coupled channel space of the shared encoder (the groups ``sparsity.groups=coupled`` trains, with the
+config's ``coupled_heads`` and ``exclude``) keeps the same fraction of its channels, the first ones, rounded to a
+multiple of ``round_to``; the rest are zeroed (their whole groups) and pruned. The fraction
 is chosen per budget so that the MACs the pruned model keeps (``MacsMeter``, the training resolution, the count
 ``sparsity.target_macs`` steers) come nearest the budget. Each copy is then pruned, exported and saved exactly as a
 trained run (``deploy.compact.prune_and_measure``: ``<out>/uniform_m<budget>/{pruned.pt,pruned.onnx,dense.onnx}``,
 dynamic image size), so ``grouping_speed.py --folder`` times it beside the trained models: a uniformly narrowed net
-is what a perfect runtime-friendly pruning would leave, so its speedup / MACs ratio is the ceiling of this runtime.
+is the even-width shape runtime-friendly pruning aims at: a reference for the trained models' speedup / MACs ratio
+(one width per budget; ``<folder>/uniform.json`` records the width fraction, the MACs reached and ``round_to``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -46,17 +49,18 @@ def kept_width(channels: int, fraction: float, round_to: int) -> int:
 
 
 @torch.no_grad()
-def zero_uniform(groups: list[CoupledGroup], fraction: float, round_to: int = 8) -> dict[str, int]:
-    """Zero, in place, every group of each space beyond its first :func:`kept_width` channels (all of the group's
-    slices: readers' input slices, producer rows, BN scale and shift). Returns ``{space name: kept channels}``."""
-    kept = {}
+def zero_uniform(groups: list[CoupledGroup], fraction: float, round_to: int = 8) -> list[int]:
+    """Zero, in place, every group of each space beyond its first :func:`kept_width` of the space's grouped
+    channels (all of the group's slices: readers' input slices, producer rows, BN scale and shift; a channel the
+    grouping leaves out is never zeroed). Returns the kept grouped channels per space, in ``groups`` order."""
+    kept = []
     for g in groups:
         k = kept_width(g.num_groups, fraction, round_to)
         for p in g.pieces:
             drop = p.index[p.channel >= k]
             if len(drop):
                 p.param.data.index_fill_(p.dim, drop.to(p.param.device), 0.0)
-        kept[g.name] = k
+        kept.append(k)
     return kept
 
 
@@ -66,7 +70,9 @@ def uniform_copy(cfg: dict, budget: float, round_to: int = 8, seed: int = 0) -> 
     torch.manual_seed(seed)
     net = build_net(cfg).eval()
     example = torch.rand(1, 3, *input_size_of(cfg))
-    groups = find_coupled_groups(net, example, shared="encoder", coupled_heads=True)
+    sp = cfg.get("sparsity") or {}
+    heads = bool(sp.get("coupled_heads", True))
+    groups = find_coupled_groups(net, example, shared="encoder", coupled_heads=heads, exclude=sp.get("exclude") or ())
     reference = {k: v.clone() for k, v in net.state_dict().items()}
     meter = MacsMeter(net, example, net.head_output_layers())
     cache: dict[int, float] = {}
@@ -105,6 +111,9 @@ def main(argv: list[str] | None = None) -> None:
         module = SimpleNamespace(net=net, cfg=cfg)
         prune_and_measure(module, folder / "pruned.pt", batch_sizes=(1,), repeats=1, round_to=args.round_to,
                           profile=False)  # fmt: skip
+        made = {"source": str(args.pruned_file), "budget": budget, "width_fraction": fraction,
+                "macs_fraction": reached, "round_to": args.round_to}  # fmt: skip
+        (folder / "uniform.json").write_text(json.dumps(made, indent=1))
 
 
 if __name__ == "__main__":

@@ -175,17 +175,15 @@ def test_study_table_modes_and_welch_lines() -> None:
     assert table.welch_row("MTL", "x", "test/depth/abs_err", base[:1], other, ("a", "b")) == ""  # n < 2: no test
 
 
-def test_sparsity_gain_compares_multi_and_single_task_gains_per_seed() -> None:
-    """Closed form: multi-task seg mIoU 0.5 dense -> 0.55, 0.6 sparse (+10%, +20%); single-task 0.8 -> 0.8, 0.84
-    (0%, +5%); depth (lower is better) 2.0 -> 1.8, 1.9 (+10%, +5%) vs 1.0 -> 1.0, 1.0 (0%)."""
-    import pandas as pd
-
-    table = load_script("study_table")
+def _gain_rows(stl_normal: bool = True) -> list[dict]:
+    """Multi-task seg mIoU 0.5 dense -> 0.55, 0.6 sparse (+10%, +20%); single-task 0.8 -> 0.8, 0.84 (0%, +5%);
+    depth (lower is better) 2.0 -> 1.8, 1.9 (+10%, +5%) vs 1.0 dense -> 1.0 sparse; normals: dense 10.0 / 9.0 and
+    11.0 / 10.0 (mean 10 / 10: noisy dense means), sparse 10.0 everywhere (0%)."""
     rows = []
     for seed in (0, 1):
         rows += [
             {"task": "MTL", "weighting": "u", "mode": "dense", "seed": seed, "test/seg/miou": 0.5,
-             "test/depth/abs_err": 2.0, "test/normal/mean": 10.0},
+             "test/depth/abs_err": 2.0, "test/normal/mean": (9.0, 11.0)[seed]},
             {"task": "MTL", "weighting": "u", "mode": "input", "seed": seed, "test/seg/miou": (0.55, 0.6)[seed],
              "test/depth/abs_err": (1.8, 1.9)[seed], "test/normal/mean": 10.0},
             {"task": "MTL", "weighting": "fixed", "mode": "input", "seed": seed, "test/seg/miou": 0.1},  # other arm
@@ -194,11 +192,40 @@ def test_sparsity_gain_compares_multi_and_single_task_gains_per_seed() -> None:
             {"task": "depth", "weighting": "fixed", "mode": "dense", "seed": seed, "test/depth/abs_err": 1.0},
             {"task": "depth", "weighting": "fixed", "mode": "input", "seed": seed, "test/depth/abs_err": 1.0},
         ]  # fmt: skip
-    text = table.sparsity_gain(pd.DataFrame(rows), "u")
-    assert "| input | seg mIoU ↑ | 15.00 ± 7.07 | 2.50 ± 3.54 | +12.50 |" in text
-    assert "| input | depth abs ↓ | 7.50 ± 3.54 | 0.00 ± 0.00 | +7.50 |" in text
+        if stl_normal:
+            rows += [
+                {"task": "normal", "weighting": "fixed", "mode": "dense", "seed": seed,
+                 "test/normal/mean": (9.0, 11.0)[seed]},
+                {"task": "normal", "weighting": "fixed", "mode": "input", "seed": seed, "test/normal/mean": 10.0},
+            ]  # fmt: skip
+    return rows
+
+
+def test_sparsity_gain_tests_the_difference_with_every_arms_seed_noise() -> None:
+    import pandas as pd
+    from scipy import stats
+
+    table = load_script("study_table")
+    text = table.sparsity_gain(pd.DataFrame(_gain_rows(stl_normal=False)), "u")
+    # seg: gains 15 ± 7.07 vs 2.5 ± 3.54, dense means exact: var/n of the two sparse arms, Welch–Satterthwaite
+    var_m, var_s = 50.0 / 2, 12.5 / 2
+    dof = (var_m + var_s) ** 2 / (var_m**2 + var_s**2)
+    p_seg = 2 * stats.t.sf(12.5 / (var_m + var_s) ** 0.5, dof)
+    assert f"| input | seg mIoU ↑ | 2/2, 2/2 | 15.00 ± 7.07 | 2.50 ± 3.54 | +12.50 | {p_seg:.3f} | no |" in text
+    assert "| input | depth abs ↓ | 2/2, 2/2 | 7.50 ± 3.54 | 0.00 ± 0.00 | +7.50 |" in text
     assert "normal" not in text and "mean of the three" not in text  # no single-task normal runs: no test, no mean
-    assert table.sparsity_gain(pd.DataFrame(rows[:3]), "u") == ""
+    full = table.sparsity_gain(pd.DataFrame(_gain_rows()), "u")
+    # normals: both gains 0, but the dense means are noisy (±10% per seed): the difference is 0 with p = 1
+    assert "| input | normal mean (°) ↓ | 2/2, 2/2 | 0.00 ± 0.00 | 0.00 ± 0.00 | +0.00 | 1.000 | no |" in full
+    # mean of the three per seed: multi-task sparse (10+10+0)/3, (20+5+0)/3; dense (0+0+10)/3, (0+0-10)/3
+    assert "| input | **mean of the three** | 2/2, 2/2 | 7.50 ± 1.18 | 0.83 ± 1.18 | +6.67 |" in full
+    assert table.sparsity_gain(pd.DataFrame(_gain_rows()[:3]), "u") == ""
+    with pytest.raises(ValueError, match="several runs per seed"):  # two multi-task arms pooled
+        table.sparsity_gain(pd.DataFrame(_gain_rows()).assign(weighting="u"), None)
+    diff, p = table.gain_difference_test(
+        (pd.Series([1.0, 1.0]), pd.Series([0.0, 0.0])), (pd.Series([0.0, 0.0]), pd.Series([0.0, 0.0]))
+    )
+    assert diff == 1.0 and p == 0.0  # no noise anywhere: any difference is certain
 
 
 def test_task_gradient_table_from_metrics_csv(tmp_path: Path) -> None:

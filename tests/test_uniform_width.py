@@ -42,8 +42,14 @@ def test_zeroed_spaces_prune_to_the_uniform_width_and_the_meter_agrees() -> None
     net, x = _net()
     groups = find_coupled_groups(net, x[:1], shared="encoder", coupled_heads=True)
     dense_macs = count_macs(net, x[:1])
+    before = {id(p.param): p.param.detach().clone() for g in groups for p in g.pieces}
     kept = script.zero_uniform(groups, 0.3, round_to=8)
-    assert kept and all(k == script.kept_width(g.num_groups, 0.3, 8) for g, k in zip(groups, kept.values()))
+    assert len(kept) == len(groups) and kept == [script.kept_width(g.num_groups, 0.3, 8) for g in groups]
+    for g, k in zip(groups, kept):  # every slice of a dropped channel is zero, every kept one untouched
+        for p in g.pieces:
+            keep = p.index[p.channel < k]
+            assert p.param.index_select(p.dim, p.index[p.channel >= k]).abs().sum() == 0
+            assert torch.equal(p.param.index_select(p.dim, keep), before[id(p.param)].index_select(p.dim, keep))
     predicted = MacsMeter(net, x[:1], net.head_output_layers()).macs_fraction()
     report = prune_zero_channels(net, x, net.head_output_layers())  # raises if the outputs changed
     assert report.max_abs_diff <= 1e-4
@@ -57,7 +63,19 @@ def test_uniform_copy_reaches_the_budget_it_reports() -> None:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         overrides = ["experiment=digits_sparse", "+data.input_size=[32,32]"]
         cfg = OmegaConf.to_container(compose("train", overrides=overrides))
-    net, fraction, reached = _script().uniform_copy(cfg, 0.25)
+    script = _script()
+    net, fraction, reached = script.uniform_copy(cfg, 0.25)
     example = torch.rand(1, 3, 32, 32)
-    assert abs(reached - 0.25) < 0.03 and 0.3 < fraction < 0.7
-    assert MacsMeter(net, example, net.head_output_layers()).macs_fraction() == pytest.approx(reached)
+    meter = MacsMeter(net, example, net.head_output_layers())
+    assert meter.macs_fraction() == pytest.approx(reached) and 0.3 < fraction < 0.7
+    whole, full_fraction, full_macs = script.uniform_copy(cfg, 1.0)  # nothing zeroed: the fresh net
+    assert (full_fraction, full_macs) == (1.0, pytest.approx(1.0))
+    # nearest: the neighbouring width fractions land no nearer the budget (zeroed independently of the search)
+    groups = find_coupled_groups(whole, example, shared="encoder", coupled_heads=True)
+    fresh = {k: v.clone() for k, v in whole.state_dict().items()}
+    meter = MacsMeter(whole, example, whole.head_output_layers())
+    for other in (fraction - 0.01, fraction + 0.01):
+        whole.load_state_dict(fresh)
+        script.zero_uniform(groups, other, 8)
+        assert abs(meter.macs_fraction() - 0.25) >= abs(reached - 0.25) - 1e-12
+    assert script.uniform_copy(cfg, 0.0)[1] == 0.04  # the narrowest width the search tries
