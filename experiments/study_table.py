@@ -28,9 +28,11 @@ from lightning_sparse_mtl.reporting.metric_info import higher_is_better  # noqa:
 
 METRICS = {"test/seg/miou": "seg mIoU ↑", "test/depth/abs_err": "depth abs ↓", "test/normal/mean": "normal mean (°) ↓"}
 GAIN_HEAD = (
-    "### Does sparsity help multi-task more than single-task?\n\nPer seed, each sparse model's main metric "
-    "against the mean of its dense counterparts (multi-task vs multi-task dense, single-task vs the "
-    "single-task dense model of that task), % with + = better; Welch's t over seeds."
+    "### Does sparsity help multi-task more than single-task?\n\nGain from sparsity: each sparse model's main "
+    "metric against the mean of its dense counterparts (multi-task vs multi-task dense, single-task vs the "
+    "single-task dense model of that task), % with + = better, mean ± std over seeds. The difference of the two "
+    "gains is tested with the seed noise of all four arms (the dense means included), Welch–Satterthwaite "
+    "degrees of freedom."
 )
 TASKS = {"[seg]": "seg", "[depth]": "depth", "[normal]": "normal", "[seg,depth,normal]": "MTL"}
 
