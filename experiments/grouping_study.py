@@ -73,9 +73,13 @@ def seeds_table(
         return _sparse(g, t, 0, w)[0].rsplit("_m", 1)[0] + f" {t:g}"
 
     dense = read([f"dense_s{s}" for s in seeds])
-    arms = {arm(g, w, t): read([_sparse(g, t, s, w)[0] for s in seeds]) for t in sorted(targets, reverse=True)
-            for g in GROUPINGS for w in weights}  # fmt: skip
-    arms = {k: v for k, v in arms.items() if v or "_" not in k}  # a weight's arms only where it ran
+    arms = {}
+    for t in sorted(targets, reverse=True):
+        for g in GROUPINGS:
+            for w in weights:
+                runs = read([_sparse(g, t, s, w)[0] for s in seeds])
+                if runs or w == "sqrt_size":  # another weight's arms only where it ran
+                    arms[arm(g, w, t)] = runs
     if not dense or not any(arms.values()):
         return None
     table = arm_table(arms, dense)
