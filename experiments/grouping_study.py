@@ -5,6 +5,7 @@
     python experiments/grouping_study.py --report-only       # tables from the finished jobs
     python experiments/grouping_study.py --tiny --out /tmp/g # the pipeline end to end in ~2 min
     python experiments/grouping_study.py --group-weights macs --only coupled_macs_m0.25_s1   # one MACs-weighted job
+    python experiments/grouping_study.py --max-layer-sparsity 0.55 --only coupled_cap0.55_m0.25_s1   # widths evened
 
 Every job is ``python -m lightning_sparse_mtl.train experiment=digits_sparse <overrides>`` in ``<out>/runs/<job>``
 (the runner of ``digits_study.py``: a dir with ``results.json`` is done; a dir without it is cleared and rerun).
@@ -33,26 +34,38 @@ from lightning_sparse_mtl.sparsity.costs import GROUP_WEIGHTS  # noqa: E402
 GROUPINGS = ("coupled", "input")
 
 
-def _sparse(grouping: str, target: float, seed: int, weight: str = "sqrt_size") -> tuple[str, list[str]]:
-    """A sparse job: ``<grouping>[_<weight>]_m<target>_s<seed>`` (``sparsity.group_weight`` named when not the
-    default ``sqrt_size``)."""
+def _sparse(
+    grouping: str, target: float, seed: int, weight: str = "sqrt_size", cap: float | None = None
+) -> tuple[str, list[str]]:
+    """A sparse job: ``<grouping>[_<weight>][_cap<cap>]_m<target>_s<seed>`` (``sparsity.group_weight`` named when
+    not the default ``sqrt_size``; ``sparsity.max_layer_sparsity`` when a cap is given)."""
     tag = "" if weight == "sqrt_size" else f"_{weight}"
     overrides = [f"sparsity.groups={grouping}", f"sparsity.target_macs={target}", f"seed={seed}"]
-    return f"{grouping}{tag}_m{target:g}_s{seed}", overrides + ([f"sparsity.group_weight={weight}"] if tag else [])
+    overrides += [f"sparsity.group_weight={weight}"] if tag else []
+    if cap is not None:
+        tag += f"_cap{cap:g}"
+        overrides.append(f"sparsity.max_layer_sparsity={cap}")
+    return f"{grouping}{tag}_m{target:g}_s{seed}", overrides
 
 
 def jobs(
-    targets: list[float], seeds: list[int], seed_targets: list[float], weights: tuple[str, ...] = ("sqrt_size",)
+    targets: list[float],
+    seeds: list[int],
+    seed_targets: list[float],
+    weights: tuple[str, ...] = ("sqrt_size",),
+    caps: tuple[float | None, ...] = (None,),
 ) -> list[tuple[str, list[str]]]:
     """``[(job name, overrides)]`` in the order they run: the goal point's coupled run first, then the dense
     reference, then both groupings at every target (seed 0), then per further seed its dense run and both
-    groupings at ``seed_targets``; every sparse job once per group weight in ``weights``."""
-    out = [_sparse("coupled", targets[0], 0, w) for w in weights] + [("dense_s0", ["lambda=0", "seed=0"])]
+    groupings at ``seed_targets``; every sparse job once per group weight in ``weights`` and per-layer cap in
+    ``caps`` (None: the preset's ``sparsity.max_layer_sparsity``)."""
+    variants = [(w, c) for w in weights for c in caps]
+    out = [_sparse("coupled", targets[0], 0, *v) for v in variants] + [("dense_s0", ["lambda=0", "seed=0"])]
     for target in targets:
-        out += [_sparse(g, target, 0, w) for g in GROUPINGS for w in weights]
+        out += [_sparse(g, target, 0, *v) for g in GROUPINGS for v in variants]
     for seed in (s for s in seeds if s != 0):
         out.append((f"dense_s{seed}", ["lambda=0", f"seed={seed}"]))
-        out += [_sparse(g, t, seed, w) for t in seed_targets for g in GROUPINGS for w in weights]
+        out += [_sparse(g, t, seed, *v) for t in seed_targets for g in GROUPINGS for v in variants]
     unique: dict[str, list[str]] = {}
     for name, overrides in out:
         unique.setdefault(name, overrides)
@@ -60,34 +73,40 @@ def jobs(
 
 
 def seeds_table(
-    runs_dir: Path, out: Path, targets: list[float], seeds: list[int], weights: tuple[str, ...] = ("sqrt_size",)
+    runs_dir: Path,
+    out: Path,
+    targets: list[float],
+    seeds: list[int],
+    weights: tuple[str, ...] = ("sqrt_size",),
+    caps: tuple[float | None, ...] = (None,),
 ) -> Path | None:
-    """``seeds.md``: every (grouping, group weight, target) with its seeds, mean ± std (``arm_table``) against the
-    mean of the dense runs, and per target and weight coupled vs input (Welch p of the per-seed mean Δ)."""
+    """``seeds.md``: every (grouping, group weight, cap, target) with its seeds, mean ± std (``arm_table``) against
+    the mean of the dense runs, and per target and variant coupled vs input (Welch p of the per-seed mean Δ)."""
 
     def read(names: list[str]) -> list[dict]:
         files = [runs_dir / n / "results.json" for n in names]
         return [json.loads(f.read_text()) for f in files if f.is_file()]
 
-    def arm(g: str, w: str, t: float) -> str:
-        return _sparse(g, t, 0, w)[0].rsplit("_m", 1)[0] + f" {t:g}"
+    def arm(g: str, v: tuple[str, float | None], t: float) -> str:
+        return _sparse(g, t, 0, *v)[0].rsplit("_m", 1)[0] + f" {t:g}"
 
+    variants = [(w, c) for w in weights for c in caps]
     dense = read([f"dense_s{s}" for s in seeds])
     arms = {}
     for t in sorted(targets, reverse=True):
         for g in GROUPINGS:
-            for w in weights:
-                runs = read([_sparse(g, t, s, w)[0] for s in seeds])
-                if runs or w == "sqrt_size":  # another weight's arms only where it ran
-                    arms[arm(g, w, t)] = runs
+            for v in variants:
+                runs = read([_sparse(g, t, s, *v)[0] for s in seeds])
+                if runs or v == ("sqrt_size", None):  # another variant's arms only where it ran
+                    arms[arm(g, v, t)] = runs
     if not dense or not any(arms.values()):
         return None
     table = arm_table(arms, dense)
     deltas = {r["arm"]: r for r in table.to_dict("records")}
     lines = []
     for t in sorted(targets, reverse=True):
-        for w in weights:
-            names = {g: arm(g, w, t) for g in GROUPINGS}
+        for v in variants:
+            names = {g: arm(g, v, t) for g in GROUPINGS}
             runs = {g: arms.get(names[g], []) for g in GROUPINGS}
             if all(len(v) >= 2 for v in runs.values()):
                 ref = dense_mean(dense)
@@ -112,12 +131,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--group-weights", nargs="+", default=["sqrt_size"], choices=list(GROUP_WEIGHTS),
                         help="run each sparse job once per sparsity.group_weight; a job with a weight other than "
                              "sqrt_size is named <grouping>_<weight>_m<target>_s<seed>")  # fmt: skip
+    parser.add_argument("--max-layer-sparsity", dest="caps", type=float, nargs="+", default=None, metavar="CAP",
+                        help="run each sparse job once per sparsity.max_layer_sparsity (a width-evening cap); such a "
+                             "job is named <grouping>[_<weight>]_cap<cap>_m<target>_s<seed>")  # fmt: skip
     add_queue_arguments(parser)
     args = parser.parse_args(argv)
+    caps = tuple(args.caps) if args.caps else (None,)
     out = Path(args.out).resolve()
     runs_dir = out / "runs"
     extra = [*(TINY if args.tiny else []), *args.overrides]
-    todo = select_jobs(jobs(args.targets, args.seeds, args.seed_targets, tuple(args.group_weights)), args.only)
+    todo = select_jobs(jobs(args.targets, args.seeds, args.seed_targets, tuple(args.group_weights), caps), args.only)
     if args.dry_run:
         for name, overrides in todo:
             print(name, " ".join(["experiment=digits_sparse", *extra, *overrides]))
@@ -140,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         report = write_report(runs_dir, out)
         print(f"report: {len(report['rows'])} run(s) -> {out}/summary.md")
         weights = tuple(dict.fromkeys(["sqrt_size", *args.group_weights]))
-        table = seeds_table(runs_dir, out, args.targets, args.seeds, weights)
+        table = seeds_table(runs_dir, out, args.targets, args.seeds, weights, tuple(dict.fromkeys([None, *caps])))
         if table:
             print(table.read_text())
 

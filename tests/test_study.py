@@ -301,3 +301,31 @@ def test_grouping_study_queue_names_the_group_weight_and_keeps_the_default_queue
         "seed=1",
         "sparsity.group_weight=macs",
     ]
+
+
+def test_grouping_study_queue_names_the_layer_cap_and_the_report_keeps_its_arm(tmp_path) -> None:
+    spec = importlib.util.spec_from_file_location("grouping_study", ROOT / "experiments" / "grouping_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    capped = dict(study.jobs([0.25], [0, 1], [0.25], ("sqrt_size",), (0.55,)))
+    assert capped["coupled_cap0.55_m0.25_s1"] == [
+        "sparsity.groups=coupled",
+        "sparsity.target_macs=0.25",
+        "seed=1",
+        "sparsity.max_layer_sparsity=0.55",
+    ]
+    assert "coupled_m0.25_s1" not in capped and "dense_s1" in capped  # only the capped variant is queued
+    runs = tmp_path / "runs"
+    metrics = {"test/seg/miou": 0.5, "test/depth/abs_err": 1.0}
+    for name, miou in (
+        ("dense_s0", 0.5),
+        ("dense_s1", 0.5),
+        ("coupled_m0.25_s0", 0.55),
+        ("coupled_cap0.55_m0.25_s1", 0.45),
+    ):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "results.json").write_text(json.dumps({**metrics, "test/seg/miou": miou}))
+    text = study.seeds_table(runs, tmp_path, [0.25], [0, 1], ("sqrt_size",), (None, 0.55)).read_text()
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert "coupled 0.25" in rows and "coupled_cap0.55 0.25" in rows and "input_cap0.55 0.25" not in rows
+    assert rows["coupled_cap0.55 0.25"].split(" | ")[1] == "1"  # n = 1: the one capped run, not pooled with s0

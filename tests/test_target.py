@@ -192,6 +192,28 @@ def test_a_layer_at_the_cap_stops_losing_groups() -> None:
     assert torch.equal(fresh.group_weights[0], before[0] * CAP_FACTOR)
 
 
+def test_the_cap_is_checked_after_every_step_not_only_at_the_controllers_readings() -> None:
+    """The bug: with a MACs target lambda is read every 10 steps and the caps were checked only then; a coupled run
+    with max_layer_sparsity=0.55 let layer4's inner spaces lose 71-73% of their groups between two readings."""
+    net = tiny_net()
+    gs = GroupSparsity(find_conv_groups(net), 1e-3, prox="adam")
+    before = [w.clone() for w in gs.group_weights]
+    readings = []
+    ctl = TargetSparsity(gs, LambdaController(0.5, 0, 100, 1e-3), lambda: readings.append(1) or 0.0, every=10,
+                         max_layer_sparsity=0.5)  # fmt: skip
+    for _ in range(2):
+        ctl.after_step()
+    assert ctl.capped == [] and readings == []
+    with torch.no_grad():
+        gs.groups[0].weight[:, : gs.groups[0].num_groups // 2] = 0  # the layer reaches the cap at step 3
+    ctl.after_step()
+    assert ctl.capped == [gs.groups[0].name] and readings == []  # capped at once, long before the reading at 10
+    assert torch.equal(gs.group_weights[0], before[0] * CAP_FACTOR)
+    for _ in range(7):
+        ctl.after_step()
+    assert readings == [1] and len(ctl.trajectory) == 1  # lambda still moves only at its readings
+
+
 # --------------------------------------------------------------------------- config: conflicts and wiring
 def test_target_settings_conflicts_and_which_wins() -> None:
     with pytest.raises(UserError, match=r"sparsity.target=0.7 and sparsity.target_macs=0.3 conflict"):

@@ -325,7 +325,7 @@ class GroupSparsity(nn.Module):
 
     def add_penalty_grad_(self, lam: float, grad_scale: torch.Tensor | None = None) -> float:
         """Add lam * dOmega/dW (times ``grad_scale`` for still-scaled grads); returns lam * Omega."""
-        norms = [self._cached_norms(i) for i in range(len(self.groups))]
+        norms = [self.cached_norms(i) for i in range(len(self.groups))]
         if self.grouping == "input":
             return add_penalty_grad_(self.groups, lam, norms, self.group_weights, grad_scale)
         terms = [
@@ -333,7 +333,8 @@ class GroupSparsity(nn.Module):
         ]
         return lam * float(torch.stack(terms).sum()) if terms else 0.0
 
-    def _cached_norms(self, i: int) -> torch.Tensor | None:
+    def cached_norms(self, i: int) -> torch.Tensor | None:
+        """Layer ``i``'s (I,) group norms as the last prox left them, or None if the weights changed since."""
         version, norms = self._norms.get(i, (None, None))
         return norms if version == self.groups[i].version() else None
 
