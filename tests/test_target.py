@@ -214,6 +214,26 @@ def test_the_cap_is_checked_after_every_step_not_only_at_the_controllers_reading
     assert readings == [1] and len(ctl.trajectory) == 1  # lambda still moves only at its readings
 
 
+def test_caps_read_the_proxs_own_norms_after_a_real_step_and_agree_with_a_fresh_count(one_thread) -> None:
+    """The per-step cap check reads ``gs.cached_norms`` (the prox's norms of this step) in training; they must give
+    the same zero fractions as norms computed from the weights, and the layers that passed the cap get capped."""
+    net = tiny_net()
+    opt = torch.optim.SGD(net.parameters(), lr=1.0)
+    gs = GroupSparsity.from_module(net, 0.05, prox="plain").attach(opt)  # a threshold that zeroes many groups
+    ctl = TargetSparsity(gs, LambdaController(0.9, 0, 1000, 0.05), lambda: 0.0, every=1000, max_layer_sparsity=0.25)
+    ctl.attach(opt)
+    train_steps(net, opt, 1)
+    assert all(gs.cached_norms(i) is not None for i in range(len(gs.groups)))  # the fast path is the one taken
+    cached = zero_group_fraction(gs.groups, gs.cached_norms)
+    fresh = zero_group_fraction(gs.groups)
+    assert cached == fresh and 0 < fresh[0] < 1
+    over = [g.name for g, frac in zip(gs.groups, fresh[1]) if frac >= 0.25]
+    assert over and sorted(ctl.capped) == sorted(over)  # capped after step 1, long before the reading at 1000
+    with torch.no_grad():
+        gs.groups[0].weight.mul_(2.0)  # weights changed since the prox: the cache must not be used
+    assert gs.cached_norms(0) is None
+
+
 # --------------------------------------------------------------------------- config: conflicts and wiring
 def test_target_settings_conflicts_and_which_wins() -> None:
     with pytest.raises(UserError, match=r"sparsity.target=0.7 and sparsity.target_macs=0.3 conflict"):
