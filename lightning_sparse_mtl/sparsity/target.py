@@ -144,14 +144,15 @@ def zero_group_fraction(
 ) -> tuple[float, list[float]]:
     """(overall, per layer) fraction of exact-zero groups: the definition of ``sparsity/group_sparsity`` / 100.
     ``cached(i)``: layer ``i``'s (I,) group norms if still valid (the prox's own, computed this step), else None."""
-    per_layer, zero, total = [], 0, 0
+    groups = list(groups)
+    if not groups:
+        return 0.0, []
     with torch.no_grad():
-        for i, g in enumerate(groups):
-            norms = cached(i) if cached is not None else None
-            z = int(((norms_of(g) if norms is None else norms) == 0).sum())
-            per_layer.append(z / g.num_groups)
-            zero, total = zero + z, total + g.num_groups
-    return zero / max(total, 1), per_layer
+        norms = [(cached(i) if cached is not None else None) for i in range(len(groups))]
+        counts = [((norms_of(g) if n is None else n) == 0).sum() for g, n in zip(groups, norms)]
+        zeros = torch.stack(counts).tolist()  # one device sync for all layers (this runs after every step)
+    sizes = [g.num_groups for g in groups]
+    return sum(zeros) / max(sum(sizes), 1), [z / n for z, n in zip(zeros, sizes)]
 
 
 class TargetSparsity:
@@ -196,11 +197,12 @@ class TargetSparsity:
     def after_step(self) -> float:
         """Count one optimizer step; measure, cap layers and update lambda when due. Returns lambda."""
         self.step += 1
-        if self.step < self.controller.start_step:
+        due = self.step % self.every == 0
+        if self.step < self.controller.start_step or not (due or self.max_layer_sparsity < 1.0):
             return self.gs.sparsity_weight
         overall, per_layer = zero_group_fraction(self.gs.groups, getattr(self.gs, "cached_norms", None))
         self._cap_layers(per_layer)  # every step: between two readings a layer can lose most of its groups
-        if self.step % self.every:
+        if not due:
             return self.gs.sparsity_weight
         measured = overall if self.measure is None else float(self.measure())
         lam = self.controller.update(self.step, measured)
