@@ -5,6 +5,8 @@ prune -> export -> speed path as this project's group lasso; only the way channe
 
 - ``tp_magnitude``: Torch-Pruning's global group-magnitude pruning after dense training, iterative, then fine-tuning;
 - ``tp_group_norm``: Torch-Pruning's GroupNormPruner (DepGraph's group regulariser) sparse training, prune, fine-tune;
+- ``tp_uniform``: the even-width baseline: Torch-Pruning's local pruning (every channel space keeps the same fraction,
+  multiples of 16) at the first step, then the whole budget trained at that width;
 - ``oto_hesso``: Only-Train-Once's HESSO (optional extra ``peers``); refused in one line when it cannot run.
 
 ``settings`` reads the ``method`` config, ``tp`` is the Lightning callback of the Torch-Pruning arms, ``densify``

@@ -17,7 +17,7 @@ from lightning_sparse_mtl.core.errors import UserError, unknown_name
 from lightning_sparse_mtl.peers.oto import check_oto_available
 
 GROUP_LASSO = ("group_lasso", "group_lasso_coupled")
-PEERS = ("tp_magnitude", "tp_group_norm", "oto_hesso")
+PEERS = ("tp_magnitude", "tp_group_norm", "tp_uniform", "oto_hesso")
 METHODS = (*GROUP_LASSO, *PEERS)
 # sparsity.* keys of the group-lasso target controller: a peer reads target_macs and ignores the others
 _TARGET_KEYS = ("target", "target_macs", "target_epoch", "target_every", "target_lambda_init", "max_layer_sparsity")
@@ -38,6 +38,8 @@ class PeerSettings:
     importance_p: int = 2  # group L_p magnitude (GroupMagnitudeImportance(p))
     max_pruning_ratio: float = 0.9  # no layer loses more than this fraction of its channels
     pruner_steps: int = 400  # finest pruner step: 1/400 of the channels (Torch-Pruning benchmark --iterative-steps)
+    global_pruning: bool = True  # rank channels across all groups; False: every group loses the same fraction
+    round_to: int | None = None  # keep a multiple of round_to channels per group (Torch-Pruning rounds down)
 
     def schedule(self, total_steps: int) -> dict[str, list[int] | int]:
         """Optimizer steps of each phase: ``{"sparse_start", "prune_at": [step per pruning step], "total"}``;
@@ -74,6 +76,11 @@ def _check(settings: PeerSettings) -> PeerSettings:
                         "fine-tuning)")  # fmt: skip
     if not (isinstance(s.prune_steps, int) and s.prune_steps >= 1):
         raise UserError(f"method.prune_steps must be an integer >= 1, got {s.prune_steps!r}")
+    if not isinstance(s.global_pruning, bool):
+        raise UserError(f"method.global_pruning must be true or false, got {s.global_pruning!r}")
+    whole = isinstance(s.round_to, int) and not isinstance(s.round_to, bool)
+    if s.round_to is not None and not (whole and s.round_to >= 1):
+        raise UserError(f"method.round_to must be an integer >= 1 or null, got {s.round_to!r}")
     if not 0.0 < s.max_pruning_ratio < 1.0:
         raise UserError(f"method.max_pruning_ratio must be in (0, 1), got {s.max_pruning_ratio!r}")
     return s

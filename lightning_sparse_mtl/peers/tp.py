@@ -1,8 +1,9 @@
-"""The Torch-Pruning arms (``method=tp_magnitude`` / ``tp_group_norm``) as one Lightning callback.
+"""The Torch-Pruning arms (``method=tp_magnitude`` / ``tp_group_norm`` / ``tp_uniform``) as one Lightning callback.
 
 Phases, in optimizer steps (:meth:`PeerSettings.schedule`): dense training; for ``tp_group_norm`` the
 GroupNormPruner regulariser after every backward (``pruner.regularize(net)``); ``prune_steps`` pruning steps, each
-calling ``pruner.step()`` (global ranking of Torch-Pruning's dependency groups by group L2 magnitude) until the MACs
+calling ``pruner.step()`` (global ranking of Torch-Pruning's dependency groups by group L2 magnitude; ``tp_uniform``:
+local, every group pruned to the same ratio, rounded to ``round_to``) until the MACs
 fraction reaches that step's goal, the last goal being ``sparsity.target_macs``; fine-tuning to the end. The shared
 encoder's channels are pruned, with the heads' input slices they feed; head layers are ignored (never roots), so the
 outputs keep their shape. Pruning changes the net's shapes, so the optimizer is rebuilt (``configure_optimizers``)
@@ -25,6 +26,7 @@ from lightning_sparse_mtl.models.net import MultiTaskNet
 from lightning_sparse_mtl.mtl.tasks import build_tasks
 from lightning_sparse_mtl.peers.densify import KeptChannels, dense_form
 from lightning_sparse_mtl.peers.settings import PeerSettings
+from lightning_sparse_mtl.peers.tp_uniform import NearestRoundPruner, prune_to_ratio_, uniform_ratio
 
 SLACK = 0.003  # a pruning step stops within this MACs fraction above its goal (the study's tolerance is 0.02)
 
@@ -58,12 +60,14 @@ class TorchPruningCallback(L.Callback):
         self.dense_macs = count_macs(pl_module.net, self._example(pl_module))
         self.kept = KeptChannels(pl_module.net)
 
-    def _build_pruner(self, pl_module: L.LightningModule) -> tp.pruner.BasePruner:
-        net, s = pl_module.net, self.settings
+    def _build_pruner(self, pl_module: L.LightningModule, net: torch.nn.Module | None = None) -> tp.pruner.BasePruner:
+        """The arm's pruner over ``net`` (default: the module's net)."""
+        net, s = pl_module.net if net is None else net, self.settings
         common = dict(
             example_inputs=self._example(pl_module),
             importance=tp.importance.GroupMagnitudeImportance(p=s.importance_p),
-            global_pruning=True,
+            global_pruning=s.global_pruning,  # False (tp_uniform): every dependency group loses the same fraction
+            round_to=s.round_to,
             pruning_ratio=1.0,  # the per-step ratios are set by _pruner_step; the MACs goal decides where to stop
             max_pruning_ratio=s.max_pruning_ratio,
             iterative_steps=s.pruner_steps,
@@ -75,6 +79,8 @@ class TorchPruningCallback(L.Callback):
             with torch.enable_grad():
                 if s.name == "tp_group_norm":
                     return tp.pruner.GroupNormPruner(net, reg=s.reg, alpha=s.reg_alpha, **common)
+                if not s.global_pruning:
+                    return NearestRoundPruner(net, **common)  # tp_uniform: even widths, rounded to the nearest block
                 return tp.pruner.BasePruner(net, **common)  # = tp.pruner.MagnitudePruner / MetaPruner
         finally:
             net.train(was_training)
@@ -131,8 +137,15 @@ class TorchPruningCallback(L.Callback):
         was_training = net.training
         net.eval()
         try:
+            if not self.settings.global_pruning:  # tp_uniform: one search on copies, then one step to that ratio
+                high = self.settings.max_pruning_ratio
+                self.ratio, _ = uniform_ratio(net, lambda n: self._build_pruner(pl_module, n), example, goal,
+                                              self.dense_macs, high)  # fmt: skip
+                self._pruner_step(self.ratio)
+                calls, fraction = 1, count_macs(net, example) / self.dense_macs
+                trajectory.append((round(self.ratio, 5), round(fraction, 5)))
             last: tuple[float, float] | None = None  # (ratio, MACs fraction) before the last pruner step
-            while fraction > goal + SLACK and self.ratio < 1.0:
+            while self.settings.global_pruning and fraction > goal + SLACK and self.ratio < 1.0:
                 # the most cautious of three predictions: MACs ~ (1 - r)^2, the average slope since the dense net,
                 # the secant through the last two points (steep after a plateau of cheap channels: never alone)
                 guesses = [1.0 - (1.0 - self.ratio) * (goal / fraction) ** 0.5]
@@ -158,14 +171,8 @@ class TorchPruningCallback(L.Callback):
 
     def _pruner_step(self, ratio: float) -> None:
         """One ``pruner.step()`` to the cumulative global channel pruning ratio ``ratio``; kept channels recorded."""
-        pruner = self.pruner
-        assert pruner is not None and self.kept is not None
-        pruner.current_step = 0  # step() moves to index 1 of the per-step ratios: all set to `ratio`
-        pruner.per_step_pruning_ratio = [ratio] * (pruner.iterative_steps + 1)
-        with torch.enable_grad():
-            for group in pruner.step(interactive=True):
-                self.kept.record(group, pruner.DG.is_out_channel_pruning_fn)
-                group.prune()
+        assert self.pruner is not None and self.kept is not None
+        prune_to_ratio_(self.pruner, ratio, self.kept.record)
 
     # --- after training ----------------------------------------------------------------------------------
     def results(self) -> dict[str, Any]:
