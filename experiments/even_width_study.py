@@ -10,7 +10,9 @@ this study trains the even-width net itself — every channel space at one width
 for the MACs budget, trained at that width for the whole ``digits_sparse`` budget (``method=tp_uniform``) — at the
 grouping study's budgets and seeds, in the grouping study's run directory, so that
 ``grouping_speed.py --name <speed>`` times both arms' dynamic-size exports in one run. Jobs: ``even_m<t>_s<seed>``,
-targets 0.25, 0.12, 0.08 (seed 0), then seeds 1 and 2 at each. The report (``even_width.md``,
+targets 0.25, 0.12, 0.08 (seed 0), then seeds 1 and 2 at each; then ``even_late_m<t>_s0`` at 0.25 and 0.12: the
+same widths reached by pruning the net after 2/3 of the budget trained dense (``tp_magnitude``'s split), so that
+"trained narrow from the start" is not the only even-width recipe. The report (``even_width.md``,
 ``even_width.png``) puts each arm's mean Δ vs dense beside its ONNX Runtime speedup at 288 × 384 and 128 × 256 from
 ``<out>/<speed>.json``.
 """
@@ -33,13 +35,24 @@ from digits_study import TINY, add_queue_arguments, run_job, select_jobs  # noqa
 
 from lightning_sparse_mtl.reporting.arms import dense_mean, run_delta, welch_p  # noqa: E402
 
-ARMS = {"even": "tp_uniform (even widths)", "coupled": "group lasso, coupled"}
+ARMS = {
+    "even": "tp_uniform (even widths, from the first step)",
+    "even_late": "tp_uniform after 2/3 dense training",
+    "coupled": "group lasso, coupled",
+}
+LATE = "method.dense_fraction=0.6667"  # even_late: tp_magnitude's split (prune the trained net, fine-tune the rest)
 
 
-def jobs(targets: list[float], seeds: list[int], seed_targets: list[float]) -> list[tuple[str, list[str]]]:
-    """``[(job name, overrides)]``: every target at seed 0, then the further seeds at ``seed_targets``."""
+def jobs(
+    targets: list[float], seeds: list[int], seed_targets: list[float], late_targets: list[float]
+) -> list[tuple[str, list[str]]]:
+    """``[(job name, overrides)]``: every target at seed 0, the further seeds at ``seed_targets``, then the
+    ``even_late`` arm (pruned after 2/3 dense training) at ``late_targets``, seed 0."""
     order = [(t, 0) for t in targets] + [(t, s) for s in seeds if s != 0 for t in seed_targets]
-    return [(f"even_m{t:g}_s{s}", ["method=tp_uniform", f"sparsity.target_macs={t}", f"seed={s}"]) for t, s in order]
+    out = [(f"even_m{t:g}_s{s}", ["method=tp_uniform", f"sparsity.target_macs={t}", f"seed={s}"]) for t, s in order]
+    late = [(f"even_late_m{t:g}_s0", ["method=tp_uniform", LATE, f"sparsity.target_macs={t}", "seed=0"])
+            for t in late_targets]  # fmt: skip
+    return out + late
 
 
 def speedups(speed: dict) -> dict[tuple[str, str], float]:
@@ -115,7 +128,7 @@ def plot(table: list[dict], size: str, path: Path) -> Path | None:
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for arm, marker in zip(ARMS, "os"):
+    for arm, marker in zip(ARMS, "o^s"):
         mine = sorted((r for r in points if r["arm"] == arm), key=lambda r: r[size][0])
         if not mine:
             continue
@@ -142,13 +155,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--targets", type=float, nargs="+", default=[0.25, 0.12, 0.08])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--seed-targets", type=float, nargs="+", default=[0.25, 0.12, 0.08])
+    parser.add_argument("--late-targets", type=float, nargs="*", default=[0.25, 0.12])
     parser.add_argument("--speed", default=None, help="stem of a grouping_speed.py JSON in --out (its speedups)")
     add_queue_arguments(parser)
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     runs_dir = out / "runs"
     extra = [*(TINY if args.tiny else []), *args.overrides]
-    todo = select_jobs(jobs(args.targets, args.seeds, args.seed_targets), args.only)
+    todo = select_jobs(jobs(args.targets, args.seeds, args.seed_targets, args.late_targets), args.only)
     if args.dry_run:
         for name, overrides in todo:
             print(name, " ".join(["experiment=digits_sparse", *extra, *overrides]))
