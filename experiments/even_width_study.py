@@ -107,7 +107,7 @@ def markdown(table: list[dict], speed_name: str | None) -> str:
     tests = []
     for t in sorted({r["budget"] for r in table}, reverse=True):
         pair = {r["arm"]: r["delta"] for r in table if r["budget"] == t}
-        if all(len(pair.get(a, [])) >= 2 for a in ARMS):
+        if all(len(pair.get(a, [])) >= 2 for a in ("even", "coupled")):  # even_late runs one seed
             tests.append(f"- budget {t:g}: Welch p of the per-seed mean Δ, even vs coupled = "
                          f"{welch_p(pair['even'], pair['coupled']):.3f}")  # fmt: skip
     source = f"`{speed_name}.json` (`grouping_speed.py`, both arms timed in one run)" if speed_name else "none given"
@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
         wall = run_job(runs_dir / name, overrides, extra, args.lock, experiment="digits_sparse")
         print(f"[{i + 1}/{len(todo)}] {name}: {'skipped (finished)' if wall is None else f'{wall:.0f} s'}", flush=True)
         ran += wall is not None
+    if args.speed and not (out / f"{args.speed}.json").is_file():
+        parser.error(f"--speed {args.speed}: no {out / args.speed}.json (run grouping_speed.py --name {args.speed})")
     speed = json.loads((out / f"{args.speed}.json").read_text()) if args.speed else None
     table = rows(runs_dir, args.targets, args.seeds, speed)
     if not table:

@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--multiple", type=int, default=16)
     args = parser.parse_args(argv)
+    if args.multiple < 1:
+        parser.error(f"--multiple must be an integer >= 1, got {args.multiple}")
     module = load_module(args.checkpoint)
     net, cfg = module.net.eval(), module.cfg
     example = torch.rand(1, 3, *input_size_of(cfg))

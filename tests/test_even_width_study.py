@@ -45,6 +45,11 @@ def test_report_pairs_each_arm_with_its_measured_speedups(tmp_path: Path) -> Non
     assert "| 0.25 | tp_uniform (even widths, from the first step) | 2 | 0.250 | -15.00 ± 7.07 | 3.70 ± 0.14 |" in text
     assert "| 0.25 | group lasso, coupled | 1 | 0.250 | +10.00 | 3.30 |" in text
     assert_png(study.plot(table, "288x384:1", tmp_path / "even.png"))
+    assert "Welch" not in text  # one coupled seed: no test
+    (runs / "coupled_m0.25_s1").mkdir()
+    (runs / "coupled_m0.25_s1" / "results.json").write_text(json.dumps({"test/seg/miou": 0.6, "pruned/macs_ratio": 4}))
+    two = study.markdown(study.rows(runs, [0.25], [0, 1], {"rows": rows}), "speed_even")
+    assert "- budget 0.25: Welch p of the per-seed mean Δ, even vs coupled = 0.0" in two  # -10, -20 vs +10, +20
 
 
 def test_snapping_rounds_live_widths_down_to_whole_blocks_dropping_the_weakest_groups() -> None:

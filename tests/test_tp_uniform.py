@@ -22,9 +22,11 @@ STEPS = ["trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer
 
 
 @pytest.mark.parametrize("current, n_pruned, kept", [(64, 33, 32), (64, 44, 16), (64, 60, 16), (64, 0, 64),
-                                                     (512, 270, 240), (48, 1, 48)])  # fmt: skip
+                                                     (512, 270, 240), (48, 1, 48), (8, 3, 8), (12, 11, 12),
+                                                     (64, 40, 32), (64, 24, 32)])  # fmt: skip
 def test_rounding_keeps_the_nearest_multiple_of_round_to_at_least_one_block(current, n_pruned, kept) -> None:
-    """Torch-Pruning's own rounding keeps the multiple *below* (31 of 64 -> 16); this one the nearest (-> 32)."""
+    """Torch-Pruning's own rounding keeps the multiple *below* (31 of 64 -> 16); this one the nearest (-> 32); a
+    group narrower than one block keeps all it has; ties (24, 40 = 1.5, 2.5 blocks) go to the even block count."""
     assert current - NearestRoundPruner._round_to(None, n_pruned, current, 16) == kept
 
 
@@ -48,7 +50,7 @@ def test_one_ratio_nearest_the_goal_gives_every_space_the_same_fraction_in_block
     pruned = copy.deepcopy(net)
     prune_to_ratio_(build(pruned), ratio)
     assert count_macs(pruned, example) / dense == pytest.approx(fraction, abs=1e-12)
-    for r in np.linspace(0.1, 0.8, 8):  # no ratio on a grid comes nearer the goal
+    for r in [*np.linspace(0.1, 0.8, 8), ratio - 1e-3, ratio + 1e-3]:  # no ratio on a grid or beside it is nearer
         trial = copy.deepcopy(net)
         prune_to_ratio_(build(trial), float(r))
         assert abs(fraction - 0.3) <= abs(count_macs(trial, example) / dense - 0.3) + 1e-9, (r, fraction)
@@ -73,11 +75,17 @@ def test_tp_uniform_trains_the_even_width_net_from_the_first_step_and_exports(tr
 
 
 @pytest.mark.parametrize(
-    "override, message",
-    [("method.round_to=0", "method.round_to must be an integer >= 1 or null"),
-     ("method.global_pruning=sometimes", "method.global_pruning must be true or false")],
+    "arm, override, message",
+    [("tp_uniform", "method.round_to=0", "method.round_to must be an integer >= 1 or null"),
+     ("tp_uniform", "method.round_to=16.0", "method.round_to must be an integer >= 1 or null"),
+     ("tp_uniform", "method.round_to=true", "method.round_to must be an integer >= 1 or null"),
+     ("tp_uniform", "method.global_pruning=sometimes", "method.global_pruning must be true or false"),
+     ("tp_uniform", "method.global_pruning=true", "method=tp_uniform needs method.global_pruning=false"),
+     ("tp_magnitude", "+method.global_pruning=false", "method=tp_magnitude needs method.global_pruning=true"),
+     ("tp_group_norm", "+method.round_to=16", "method.round_to is for method=tp_uniform"),
+     ("tp_uniform", "method.prune_steps=3", "method.prune_steps must be 1")],
 )  # fmt: skip
-def test_bad_even_width_settings_are_one_line_errors(override: str, message: str, train_cfg) -> None:
+def test_bad_even_width_settings_are_one_line_errors(arm: str, override: str, message: str, train_cfg) -> None:
     with pytest.raises(UserError, match=message) as err:
-        SparseMTLModule(train_cfg("method=tp_uniform", "sparsity.target_macs=0.3", override))
+        SparseMTLModule(train_cfg(f"method={arm}", "sparsity.target_macs=0.3", override))
     assert "\n" not in str(err.value)

@@ -78,9 +78,18 @@ def _check(settings: PeerSettings) -> PeerSettings:
         raise UserError(f"method.prune_steps must be an integer >= 1, got {s.prune_steps!r}")
     if not isinstance(s.global_pruning, bool):
         raise UserError(f"method.global_pruning must be true or false, got {s.global_pruning!r}")
+    if s.global_pruning != (s.name != "tp_uniform"):  # local pruning is the even-width arm, and only it
+        raise UserError(f"method={s.name} needs method.global_pruning={str(s.name != 'tp_uniform').lower()} (local "
+                        "pruning, every group at one ratio, is method=tp_uniform)")  # fmt: skip
     whole = isinstance(s.round_to, int) and not isinstance(s.round_to, bool)
     if s.round_to is not None and not (whole and s.round_to >= 1):
         raise UserError(f"method.round_to must be an integer >= 1 or null, got {s.round_to!r}")
+    if s.round_to is not None and s.global_pruning:  # Torch-Pruning's own rounding can empty a group
+        raise UserError(f"method.round_to is for method=tp_uniform (nearest multiple per group); method={s.name} "
+                        "prunes globally: leave method.round_to null")  # fmt: skip
+    if not s.global_pruning and s.prune_steps != 1:  # the search prunes once, from the dense widths
+        raise UserError(f"method=tp_uniform prunes once, to one ratio: method.prune_steps must be 1, got "
+                        f"{s.prune_steps!r}")  # fmt: skip
     if not 0.0 < s.max_pruning_ratio < 1.0:
         raise UserError(f"method.max_pruning_ratio must be in (0, 1), got {s.max_pruning_ratio!r}")
     return s

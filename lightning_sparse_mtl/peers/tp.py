@@ -42,7 +42,7 @@ class TorchPruningCallback(L.Callback):
         self.stages: list[dict[str, float | int]] = []  # one per pruning step: step, goal, MACs fraction reached
         self.dense_macs = 0
         self._next = 0  # index of the next pruning step
-        self.ratio = 0.0  # cumulative global channel pruning ratio reached
+        self.ratio = 0.0  # cumulative channel pruning ratio reached (global; tp_uniform: every group's local ratio)
         self.regularised_steps = 0  # optimizer steps with the GroupNormPruner regulariser (tp_group_norm)
         self.rebuilds: list[dict[str, Any]] = []  # optimizer rebuilds: step, lr before/after, params of the pruned net
 
@@ -122,7 +122,8 @@ class TorchPruningCallback(L.Callback):
 
     @torch.no_grad()
     def _prune_step(self, pl_module: L.LightningModule, step: int) -> None:
-        """Global pruner steps until the MACs fraction reaches this pruning step's goal.
+        """Global pruner steps until the MACs fraction reaches this pruning step's goal (``tp_uniform``: the one
+        local ratio nearest the goal, :func:`~lightning_sparse_mtl.peers.tp_uniform.uniform_ratio`, in one step).
 
         Each ``pruner.step()`` prunes to a cumulative global channel ratio r (of the encoder's prunable channels,
         ranked by group magnitude across all groups). r advances by 70% of the gap (50% within 0.02 of the goal) to
@@ -144,6 +145,9 @@ class TorchPruningCallback(L.Callback):
                 self._pruner_step(self.ratio)
                 calls, fraction = 1, count_macs(net, example) / self.dense_macs
                 trajectory.append((round(self.ratio, 5), round(fraction, 5)))
+                if abs(fraction - goal) > 0.02:
+                    print(f"warning: method={self.settings.name}: no width fraction up to max_pruning_ratio={high:g} "
+                          f"comes within 0.02 of the MACs goal {goal:.3f} (nearest: {fraction:.3f})")  # fmt: skip
             last: tuple[float, float] | None = None  # (ratio, MACs fraction) before the last pruner step
             while self.settings.global_pruning and fraction > goal + SLACK and self.ratio < 1.0:
                 # the most cautious of three predictions: MACs ~ (1 - r)^2, the average slope since the dense net,

@@ -1,11 +1,12 @@
 """The even-width arm's pieces (``method=tp_uniform``): nearest rounding and the one local ratio for a MACs goal.
 
 Torch-Pruning's local pruning gives every dependency group (channel space) the same pruning ratio, but its
-``round_to`` rounds the kept channels *down*: at ratio 0.5 a 64-channel stem keeps 31 -> 16 channels while a
-512-channel stream keeps 256, which is no longer even. :class:`NearestRoundPruner` rounds to the *nearest*
-multiple (at least one block). The MACs of a locally pruned net are a step function of the ratio (widths move in
-blocks of ``round_to``), so :func:`uniform_ratio` finds the ratio whose MACs come nearest the goal by bisection on
-throw-away copies of the net, and the real net is then pruned once, to that ratio.
+``round_to`` rounds the kept channels *down*: just above ratio 0.5 a 64-channel stem keeps 31 -> 16 channels while
+a 512-channel stream keeps 255 -> 240, which is no longer even. :class:`NearestRoundPruner` rounds to the *nearest*
+multiple (at least one block; a tie goes to the even number of blocks, Python's ``round``), so a group can end
+slightly below ``1 - max_pruning_ratio`` of its channels. The MACs of a locally pruned net are a step function of
+the ratio (widths move in blocks of ``round_to``), so :func:`uniform_ratio` finds the ratio whose MACs come nearest
+the goal by bisection on throw-away copies of the net, and the real net is then pruned once, to that ratio.
 """
 
 from __future__ import annotations
@@ -62,5 +63,6 @@ def uniform_ratio(
     for _ in range(iters):
         mid = (low + up) / 2
         low, up = (mid, up) if fraction(mid) > goal else (low, mid)
+    # MACs do not rise with r: low is the nearest ratio above the goal, up the nearest at or below it
     best = min((low, up), key=lambda r: abs(fraction(r) - goal))
     return best, fraction(best)
