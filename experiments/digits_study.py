@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -204,6 +205,24 @@ def record_job(log_path: Path, log: dict, name: str, overrides: list[str], wall:
     log_path.write_text(json.dumps(log, indent=2))
 
 
+def run_queue(
+    todo: list[tuple[str, list[str]]], run_dir: Callable[[str], Path], extra: list[str], args: argparse.Namespace,
+    experiment: str = "digits_study",
+) -> Iterator[tuple[str, list[str], float]]:  # fmt: skip
+    """Run the queue's unfinished jobs in order (none with ``--report-only``, at most ``--max-jobs``), each in
+    ``run_dir(name)``, printing one line per job; yields ``(name, overrides, wall seconds)`` for every job that ran."""
+    ran = 0
+    for i, (name, overrides) in enumerate(todo):
+        if args.report_only or (args.max_jobs is not None and ran >= args.max_jobs):
+            return
+        wall = run_job(run_dir(name), overrides, extra, args.lock, experiment=experiment)
+        status = "skipped (finished or running elsewhere)" if wall is None else f"{wall:.0f} s"
+        print(f"[{i + 1}/{len(todo)}] {name}: {status}", flush=True)
+        if wall is not None:
+            ran += 1
+            yield name, overrides, wall
+
+
 def select_jobs(todo: list[tuple[str, list[str]]], only: list[str] | None) -> list[tuple[str, list[str]]]:
     """The queue, or just the jobs named in ``only`` in that order (an unknown name is an error)."""
     if not only:
@@ -235,16 +254,8 @@ def main(argv: list[str] | None = None) -> None:
             print(name, " ".join(["experiment=digits_study", *extra, *overrides]))
         return
     out.mkdir(parents=True, exist_ok=True)
-    ran = 0
-    for i, (name, overrides) in enumerate(todo):
-        if args.report_only or (args.max_jobs is not None and ran >= args.max_jobs):
-            break
-        wall = run_job(runs_dir / name, overrides, extra, args.lock)
-        status = "skipped (finished or running elsewhere)" if wall is None else f"{wall:.0f} s"
-        print(f"[{i + 1}/{len(todo)}] {name}: {status}", flush=True)
-        if wall is not None:
-            ran += 1
-            record_job(log_path, log, name, overrides, wall)
+    for name, overrides, wall in run_queue(todo, lambda n: runs_dir / n, extra, args):
+        record_job(log_path, log, name, overrides, wall)
     if not runs_dir.is_dir():
         print("no finished job yet")
         return

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from digits_study import TINY, add_queue_arguments, run_job, select_jobs  # noqa: E402
+from digits_study import TINY, add_queue_arguments, run_queue, select_jobs  # noqa: E402
 
 from lightning_sparse_mtl.reporting.arms import dense_mean, run_delta, welch_p  # noqa: E402
 
@@ -167,13 +167,8 @@ def main(argv: list[str] | None = None) -> None:
         for name, overrides in todo:
             print(name, " ".join(["experiment=digits_sparse", *extra, *overrides]))
         return
-    ran = 0
-    for i, (name, overrides) in enumerate(todo):
-        if args.report_only or (args.max_jobs is not None and ran >= args.max_jobs):
-            break
-        wall = run_job(runs_dir / name, overrides, extra, args.lock, experiment="digits_sparse")
-        print(f"[{i + 1}/{len(todo)}] {name}: {'skipped (finished)' if wall is None else f'{wall:.0f} s'}", flush=True)
-        ran += wall is not None
+    for _ in run_queue(todo, lambda n: runs_dir / n, extra, args, experiment="digits_sparse"):
+        pass
     if args.speed and not (out / f"{args.speed}.json").is_file():
         parser.error(f"--speed {args.speed}: no {out / args.speed}.json (run grouping_speed.py --name {args.speed})")
     speed = json.loads((out / f"{args.speed}.json").read_text()) if args.speed else None

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from digits_study import TINY, add_queue_arguments, run_job, select_jobs  # noqa: E402
+from digits_study import TINY, add_queue_arguments, run_queue, select_jobs  # noqa: E402
 
 from lightning_sparse_mtl.reporting.aggregate import write_report  # noqa: E402
 from lightning_sparse_mtl.reporting.arms import arm_markdown, arm_table, dense_mean, run_delta, welch_p  # noqa: E402
@@ -149,16 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     log_path = out / "study.json"
     log = json.loads(log_path.read_text()) if log_path.is_file() else {"jobs": {}}
     log["extra_overrides"] = extra
-    ran = 0
-    for i, (name, overrides) in enumerate(todo):
-        if args.report_only or (args.max_jobs is not None and ran >= args.max_jobs):
-            break
-        wall = run_job(runs_dir / name, overrides, extra, args.lock, experiment="digits_sparse")
-        print(f"[{i + 1}/{len(todo)}] {name}: {'skipped (finished)' if wall is None else f'{wall:.0f} s'}", flush=True)
-        if wall is not None:
-            ran += 1
-            log["jobs"][name] = {"overrides": overrides, "wall_s": wall}
-            log_path.write_text(json.dumps(log, indent=2))
+    for name, overrides, wall in run_queue(todo, lambda n: runs_dir / n, extra, args, experiment="digits_sparse"):
+        log["jobs"][name] = {"overrides": overrides, "wall_s": wall}
+        log_path.write_text(json.dumps(log, indent=2))
     if runs_dir.is_dir():
         report = write_report(runs_dir, out)
         print(f"report: {len(report['rows'])} run(s) -> {out}/summary.md")

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from digits_study import TINY, add_queue_arguments, run_job, select_jobs  # noqa: E402
+from digits_study import TINY, add_queue_arguments, run_queue, select_jobs  # noqa: E402
 
 from lightning_sparse_mtl.reporting.arms import arm_markdown, arm_table, plot_arms  # noqa: E402
 
@@ -108,17 +108,13 @@ def main(argv: list[str] | None = None) -> None:
     if "oto_hesso" not in log and not args.report_only:
         log["oto_hesso"] = try_oto(extra)
         log_path.write_text(json.dumps(log, indent=2))
-    ran = 0
-    for i, (name, overrides) in enumerate(todo):
-        if args.report_only or (args.max_jobs is not None and ran >= args.max_jobs):
-            break
-        run_dir = (out / "runs" if where[name] == "peers" else grouping_runs) / name
-        wall = run_job(run_dir, overrides, extra, args.lock, experiment=EXPERIMENT)
-        print(f"[{i + 1}/{len(todo)}] {where[name]}/{name}: {'skipped' if wall is None else f'{wall:.0f} s'}")
-        if wall is not None:
-            ran += 1
-            log["jobs"][name] = {"where": where[name], "overrides": overrides, "wall_s": wall}
-            log_path.write_text(json.dumps(log, indent=2))
+
+    def run_dir(name: str) -> Path:
+        return (out / "runs" if where[name] == "peers" else grouping_runs) / name
+
+    for name, overrides, wall in run_queue(todo, run_dir, extra, args, experiment=EXPERIMENT):
+        log["jobs"][name] = {"where": where[name], "overrides": overrides, "wall_s": wall}
+        log_path.write_text(json.dumps(log, indent=2))
     report(out, grouping_runs, args.target, args.seeds, log.get("oto_hesso"))
 
 
