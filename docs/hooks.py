@@ -17,6 +17,7 @@ FIGURES = (
     "digits_study/pareto.png",
     "peers/pareto.png",
     "peers/curves.png",
+    "grouping/even_width.png",
 )
 
 

@@ -55,13 +55,15 @@ def jobs(
     return out + late
 
 
-def speedups(speed: dict) -> dict[tuple[str, str], float]:
-    """(run, "HxW:B") -> ONNX Runtime speedup, from a ``grouping_speed.py`` JSON."""
-    return {(r["run"], f"{r['input_size'][0]}x{r['input_size'][1]}:{r['batch']}"): r["speedup"] for r in speed["rows"]}
+def speedups(speed: dict) -> dict[tuple[str, str], tuple[float, float]]:
+    """(run, "HxW:B") -> (ONNX Runtime speedup, speedup / MACs ratio), from a ``grouping_speed.py`` JSON."""
+    return {(r["run"], f"{r['size'][0]}x{r['size'][1]}:{r['batch']}"): (r["speedup"], r["speedup_over_macs_ratio"])
+            for r in speed["rows"]}  # fmt: skip
 
 
 def rows(runs_dir: Path, targets: list[float], seeds: list[int], speed: dict | None) -> list[dict]:
-    """One row per (budget, arm): runs, MACs fraction, mean Δ vs the mean of the dense runs, speedups (mean, std)."""
+    """One row per (budget, arm): runs, MACs fraction, mean Δ vs the mean of the dense runs, and per size the
+    speedup (mean, std, runs timed) and the mean speedup / MACs ratio."""
 
     def read(name: str) -> dict | None:
         f = runs_dir / name / "results.json"
@@ -84,8 +86,10 @@ def rows(runs_dir: Path, targets: list[float], seeds: list[int], speed: dict | N
             row = {"budget": t, "arm": arm, "runs": sorted(named), "n": len(named), "delta": delta,
                    "macs": float(np.mean(macs))}  # fmt: skip
             for size in sizes:
-                got = [fast[(n, size)] for n in named if (n, size) in fast]
-                row[size] = (float(np.mean(got)), float(np.std(got, ddof=1)) if len(got) > 1 else math.nan, len(got))
+                got = [fast[(n, size)][0] for n in named if (n, size) in fast]
+                per_mac = [fast[(n, size)][1] for n in named if (n, size) in fast]
+                std = float(np.std(got, ddof=1)) if len(got) > 1 else math.nan
+                row[size] = (float(np.mean(got)), std, len(got), float(np.mean(per_mac)) if got else math.nan)
             out.append(row)
     return out
 
@@ -100,7 +104,8 @@ def markdown(table: list[dict], speed_name: str | None) -> str:
     head = ["budget", "arm", "n", "MACs kept", "mean Δ vs dense (%)", *[f"ORT speedup {s}" for s in sizes]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table:
-        speed = [f"{r[s][0]:.2f}" + (f" ± {r[s][1]:.2f}" if r[s][2] > 1 else "") if r.get(s) and r[s][2] else "—"
+        speed = [f"{r[s][0]:.2f}×" + (f" ± {r[s][1]:.2f}" if r[s][2] > 1 else "") + f" ({r[s][3]:.2f})"
+                 + (f" [n = {r[s][2]}]" if r[s][2] != r["n"] else "") if r.get(s) and r[s][2] else "—"
                  for s in sizes]  # fmt: skip
         cells = [f"{r['budget']:g}", ARMS[r["arm"]], str(r["n"]), f"{r['macs']:.3f}", _pm(r["delta"]), *speed]
         lines.append("| " + " | ".join(cells) + " |")
@@ -109,11 +114,13 @@ def markdown(table: list[dict], speed_name: str | None) -> str:
         pair = {r["arm"]: r["delta"] for r in table if r["budget"] == t}
         if all(len(pair.get(a, [])) >= 2 for a in ("even", "coupled")):  # even_late runs one seed
             tests.append(f"- budget {t:g}: Welch p of the per-seed mean Δ, even vs coupled = "
-                         f"{welch_p(pair['even'], pair['coupled']):.3f}")  # fmt: skip
+                         f"{welch_p(pair['even'], pair['coupled']):.2g}")  # fmt: skip
     source = f"`{speed_name}.json` (`grouping_speed.py`, both arms timed in one run)" if speed_name else "none given"
     return ("# Even widths vs learned widths at equal measured speed (`digits_sparse` recipe)\n\nmean ± std over "
             "seeds; mean Δ against the mean of the dense λ = 0 runs over the nine test metrics (positive = better "
-            f"than dense); speedups: ONNX Runtime, dense / pruned, 2 threads, from {source}.\n\n"
+            f"than dense); speedups: ONNX Runtime, dense / pruned, 2 threads, from {source}; in brackets the mean "
+            "speedup / MACs ratio; [n = k]: only k of the runs timed (a run without a dynamic-size export is skipped)."
+            "\n\n"
             + "\n".join(lines) + "\n" + ("\n" + "\n".join(tests) + "\n" if tests else ""))  # fmt: skip
 
 

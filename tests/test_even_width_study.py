@@ -33,17 +33,22 @@ def test_report_pairs_each_arm_with_its_measured_speedups(tmp_path: Path) -> Non
     for name, (miou, ratio) in made.items():
         (runs / name).mkdir(parents=True)
         (runs / name / "results.json").write_text(json.dumps({"test/seg/miou": miou, "pruned/macs_ratio": ratio}))
-    rows = [{"run": n, "input_size": [288, 384], "batch": 1, "speedup": s}
+    rows = [{"run": n, "size": [288, 384], "batch": 1, "speedup": s, "speedup_over_macs_ratio": s / 4}
             for n, s in (("even_m0.25_s0", 3.6), ("even_m0.25_s1", 3.8), ("coupled_m0.25_s0", 3.3))]  # fmt: skip
     table = study.rows(runs, [0.25], [0, 1], {"rows": rows})
     by_arm = {r["arm"]: r for r in table}
     assert by_arm["even"]["n"] == 2 and by_arm["even"]["delta"] == pytest.approx([-10.0, -20.0])
     assert by_arm["coupled"]["delta"] == pytest.approx([10.0]) and by_arm["even"]["macs"] == pytest.approx(0.25)
-    mean, std, n = by_arm["even"]["288x384:1"]
-    assert (mean, n) == (pytest.approx(3.7), 2) and std == pytest.approx(0.1414, abs=1e-4)
+    mean, std, n, per_mac = by_arm["even"]["288x384:1"]
+    assert (mean, n, per_mac) == (pytest.approx(3.7), 2, pytest.approx(0.925)) and std == pytest.approx(
+        0.1414, abs=1e-4
+    )
     text = study.markdown(table, "speed_even")
-    assert "| 0.25 | tp_uniform (even widths, from the first step) | 2 | 0.250 | -15.00 ± 7.07 | 3.70 ± 0.14 |" in text
-    assert "| 0.25 | group lasso, coupled | 1 | 0.250 | +10.00 | 3.30 |" in text
+    assert (
+        "| 0.25 | tp_uniform (even widths, from the first step) | 2 | 0.250 | -15.00 ± 7.07 | 3.70× ± 0.14 (0.93) |"
+        in text
+    )
+    assert "| 0.25 | group lasso, coupled | 1 | 0.250 | +10.00 | 3.30× (0.82) |" in text
     assert_png(study.plot(table, "288x384:1", tmp_path / "even.png"))
     assert "Welch" not in text  # one coupled seed: no test
     (runs / "coupled_m0.25_s1").mkdir()
