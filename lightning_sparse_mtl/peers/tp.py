@@ -122,49 +122,20 @@ class TorchPruningCallback(L.Callback):
 
     @torch.no_grad()
     def _prune_step(self, pl_module: L.LightningModule, step: int) -> None:
-        """Global pruner steps until the MACs fraction reaches this pruning step's goal (``tp_uniform``: the one
-        local ratio nearest the goal, :func:`~lightning_sparse_mtl.peers.tp_uniform.uniform_ratio`, in one step).
-
-        Each ``pruner.step()`` prunes to a cumulative global channel ratio r (of the encoder's prunable channels,
-        ranked by group magnitude across all groups). r advances by 70% of the gap (50% within 0.02 of the goal) to
-        the most cautious predicted ratio for the goal, at least ``1 / pruner_steps``, until the MACs fraction is
-        within ``SLACK`` above the goal: a handful of re-ranked steps.
-        """
+        """Prune to this pruning step's MACs goal (:meth:`_search_global`, or ``tp_uniform``'s
+        :meth:`_prune_uniform`) and record the step: its goal, the MACs fraction reached, the ratio trajectory."""
         assert self.pruner is not None and self.kept is not None
         net, example = pl_module.net, self._example(pl_module)
-        goal, fine = self.settings.goal(self._next), 1.0 / self.settings.pruner_steps
+        goal = self.settings.goal(self._next)
         fraction = count_macs(net, example) / self.dense_macs
-        calls, trajectory = 0, [(round(self.ratio, 5), round(fraction, 5))]  # (channel ratio, MACs fraction)
+        trajectory = [(round(self.ratio, 5), round(fraction, 5))]  # (channel ratio, MACs fraction) after each call
         was_training = net.training
         net.eval()
         try:
-            if not self.settings.global_pruning:  # tp_uniform: one search on copies, then one step to that ratio
-                high = self.settings.max_pruning_ratio
-                self.ratio, _ = uniform_ratio(net, lambda n: self._build_pruner(pl_module, n), example, goal,
-                                              self.dense_macs, high)  # fmt: skip
-                self._pruner_step(self.ratio)
-                calls, fraction = 1, count_macs(net, example) / self.dense_macs
-                trajectory.append((round(self.ratio, 5), round(fraction, 5)))
-                if abs(fraction - goal) > 0.02:
-                    print(f"warning: method={self.settings.name}: no width fraction up to max_pruning_ratio={high:g} "
-                          f"comes within 0.02 of the MACs goal {goal:.3f} (nearest: {fraction:.3f})")  # fmt: skip
-            last: tuple[float, float] | None = None  # (ratio, MACs fraction) before the last pruner step
-            while self.settings.global_pruning and fraction > goal + SLACK and self.ratio < 1.0:
-                # the most cautious of three predictions: MACs ~ (1 - r)^2, the average slope since the dense net,
-                # the secant through the last two points (steep after a plateau of cheap channels: never alone)
-                guesses = [1.0 - (1.0 - self.ratio) * (goal / fraction) ** 0.5]
-                if self.ratio > 0 and fraction < 1.0:
-                    guesses.append(self.ratio + (fraction - goal) * self.ratio / (1.0 - fraction))
-                if last is not None and last[1] - fraction > 1e-9:
-                    guesses.append(self.ratio + (fraction - goal) * (self.ratio - last[0]) / (last[1] - fraction))
-                predicted = min(guesses)
-                last = (self.ratio, fraction)
-                share = 0.7 if fraction - goal > 0.02 else 0.5  # approach from above
-                self.ratio = min(1.0, self.ratio + max(fine, share * (predicted - self.ratio)))
-                self._pruner_step(self.ratio)
-                calls += 1
-                fraction = count_macs(net, example) / self.dense_macs
-                trajectory.append((round(self.ratio, 5), round(fraction, 5)))
+            if self.settings.global_pruning:
+                calls, fraction = self._search_global(net, example, goal, fraction, trajectory)
+            else:
+                calls, fraction = self._prune_uniform(pl_module, net, example, goal, trajectory)
         finally:
             net.train(was_training)
         self.stages.append({"step": step, "goal": goal, "macs_fraction": fraction, "channel_ratio": self.ratio,
@@ -173,8 +144,53 @@ class TorchPruningCallback(L.Callback):
         print(f"{self.settings.name}: pruning step {self._next}/{self.settings.prune_steps} at optimizer step {step}: "
               f"MACs fraction {fraction:.3f} (goal {goal:.3f}, {calls} pruner steps)")  # fmt: skip
 
+    def _search_global(
+        self, net: torch.nn.Module, example: torch.Tensor, goal: float, fraction: float, trajectory: list
+    ) -> tuple[int, float]:
+        """Global pruner steps until the MACs fraction is within ``SLACK`` above ``goal``; (calls, fraction).
+
+        Each ``pruner.step()`` prunes to a cumulative global channel ratio r (of the encoder's prunable channels,
+        ranked by group magnitude across all groups). r advances by 70% of the gap (50% within 0.02 of the goal) to
+        the most cautious predicted ratio for the goal, at least ``1 / pruner_steps``: a handful of re-ranked steps.
+        """
+        fine, calls = 1.0 / self.settings.pruner_steps, 0
+        last: tuple[float, float] | None = None  # (ratio, MACs fraction) before the last pruner step
+        while fraction > goal + SLACK and self.ratio < 1.0:
+            # the most cautious of three predictions: MACs ~ (1 - r)^2, the average slope since the dense net,
+            # the secant through the last two points (steep after a plateau of cheap channels: never alone)
+            guesses = [1.0 - (1.0 - self.ratio) * (goal / fraction) ** 0.5]
+            if self.ratio > 0 and fraction < 1.0:
+                guesses.append(self.ratio + (fraction - goal) * self.ratio / (1.0 - fraction))
+            if last is not None and last[1] - fraction > 1e-9:
+                guesses.append(self.ratio + (fraction - goal) * (self.ratio - last[0]) / (last[1] - fraction))
+            predicted = min(guesses)
+            last = (self.ratio, fraction)
+            share = 0.7 if fraction - goal > 0.02 else 0.5  # approach from above
+            self.ratio = min(1.0, self.ratio + max(fine, share * (predicted - self.ratio)))
+            self._pruner_step(self.ratio)
+            calls += 1
+            fraction = count_macs(net, example) / self.dense_macs
+            trajectory.append((round(self.ratio, 5), round(fraction, 5)))
+        return calls, fraction
+
+    def _prune_uniform(
+        self, pl_module: L.LightningModule, net: torch.nn.Module, example: torch.Tensor, goal: float, trajectory: list
+    ) -> tuple[int, float]:
+        """``tp_uniform``: the one local ratio nearest ``goal`` (searched on copies,
+        :func:`~lightning_sparse_mtl.peers.tp_uniform.uniform_ratio`), then one pruner step to it; (1, fraction)."""
+        high = self.settings.max_pruning_ratio
+        self.ratio, _ = uniform_ratio(net, lambda n: self._build_pruner(pl_module, n), example, goal,
+                                      self.dense_macs, high)  # fmt: skip
+        self._pruner_step(self.ratio)
+        fraction = count_macs(net, example) / self.dense_macs
+        trajectory.append((round(self.ratio, 5), round(fraction, 5)))
+        if abs(fraction - goal) > 0.02:
+            print(f"warning: method={self.settings.name}: no width fraction up to max_pruning_ratio={high:g} comes "
+                  f"within 0.02 of the MACs goal {goal:.3f} (nearest: {fraction:.3f})")  # fmt: skip
+        return 1, fraction
+
     def _pruner_step(self, ratio: float) -> None:
-        """One ``pruner.step()`` to the cumulative global channel pruning ratio ``ratio``; kept channels recorded."""
+        """One ``pruner.step()`` to the cumulative channel pruning ratio ``ratio``; kept channels recorded."""
         assert self.pruner is not None and self.kept is not None
         prune_to_ratio_(self.pruner, ratio, self.kept.record)
 
